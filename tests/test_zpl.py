@@ -1,0 +1,200 @@
+"""ZPL reader and writer: dialects, errors, totality and round trips."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import zsec
+from zsec import _zpl
+from zsec._zpl import MAX_ZPL_BYTES, dumps, format_value, loads
+
+from .conftest import CZMQ_FIXTURES
+
+KEY = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+
+
+def test_czmq_certificate_reads_as_a_tree() -> None:
+    root = loads((CZMQ_FIXTURES / "certs/bob.key_secret").read_bytes())
+    assert [n.name for n in root.children] == ["metadata", "curve"]
+    assert root.get("metadata/role") == "server"
+    assert root.get("curve/public-key") == "aHnAf][mJWz<8B%vIHsjiq&l)w)oJmgZc{ansSJ)"
+    assert root.get("curve/missing") is None
+    assert root.child("metadata") is not None
+    assert root.child("metadata").value is None  # type: ignore[union-attr]
+
+
+def test_pyzmq_dialect_unquoted_metadata() -> None:
+    text = (
+        "#   ****  Generated on 2026-01-01 10:00:00.123456 by pyzmq  ****\n"
+        "#   ZeroMQ CURVE **Secret** Certificate\n\n"
+        "metadata\n    name = Ann Example\n    team = blue # the team\n"
+        f'curve\n    public-key = "{KEY}"\n'
+    )
+    root = loads(text)
+    assert root.get("metadata/name") == "Ann Example"
+    assert root.get("metadata/team") == "blue"
+    assert root.get("curve/public-key") == KEY
+
+
+def test_jeromq_dialect_comment_spacing_and_key_order() -> None:
+    text = (
+        "# ** Generated on 2025-03-02T17:46:28+0100 by ZCert **\n"
+        "#    ZeroMQ CURVE **Secret** Certificate\n\n"
+        'metadata\n    version = "1"\n'
+        f'curve\n    secret-key = "{KEY}"\n    public-key = "{KEY}"\n'
+    )
+    root = loads(text)
+    assert root.get("metadata/version") == "1"
+    assert root.get("curve/public-key") == KEY
+
+
+@pytest.mark.parametrize("eol", ["\r\n", "\r", "\n"])
+def test_line_ends(eol: str) -> None:
+    text = eol.join(["# c", "metadata", '    name = "x"', "curve", f'    public-key = "{KEY}"', ""])
+    root = loads(text.encode())
+    assert root.get("metadata/name") == "x"
+    assert root.get("curve/public-key") == KEY
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        ('k = "a # not a comment"', "a # not a comment"),
+        ("k = 'single # quoted'", "single # quoted"),
+        ("k = 'say \"hi\"'", 'say "hi"'),
+        ('k = "it\'s"  # comment', "it's"),
+        ("k = a b  c   # note", "a b  c"),
+        ("k = it's", "it's"),
+        ("k=tight", "tight"),
+        ('k\t=\t"tabbed"\t', "tabbed"),
+        ("k =", ""),
+        ('k = ""', ""),
+        ('k = "  spaced  "', "  spaced  "),
+        ('k = "Dana "DQ" Quinn"', 'Dana "DQ" Quinn'),
+        ("k = caf\u00e9 \u2603", "caf\u00e9 \u2603"),
+    ],
+)
+def test_values(line: str, value: str) -> None:
+    assert loads(line).get("k") == value
+
+
+def test_bare_name_is_a_section_and_comments_may_be_indented() -> None:
+    root = loads("a\n    # indented comment\n  # odd comment\n    b = 1\nc # trailing\n")
+    assert root.child("a").value is None  # type: ignore[union-attr]
+    assert root.get("a/b") == "1"
+    assert root.get("c") == ""
+
+
+def test_dedent_to_any_level() -> None:
+    root = loads("a\n    b\n        c = 1\nd = 2\n")
+    assert root.get("a/b/c") == "1"
+    assert root.get("d") == "2"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("a\n   b = 1\n", 2, "multiple of 4"),
+        ("a = 1\n        b = 1\n", 2, "more than one level"),
+        ("\tname = x\n", 1, "property name"),
+        ('k = "a" b\n', 1, "closing"),
+        ('k = "open\n', 1, "closing"),
+        ("name:value\n", 1, "'='"),
+        ("= value\n", 1, "property name"),
+    ],
+)
+def test_syntax_errors_name_the_line(text: str, line: int, fragment: str) -> None:
+    with pytest.raises(zsec.ZplError) as info:
+        loads(text)
+    assert info.value.line == line
+    assert fragment in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_not_utf8_is_an_error() -> None:
+    with pytest.raises(zsec.ZplError, match="UTF-8"):
+        loads(b"a = 1\nb = \xff\n")
+
+
+def test_size_cap() -> None:
+    with pytest.raises(zsec.ZplError, match="limit"):
+        loads(b"#" * (MAX_ZPL_BYTES + 1))
+    assert loads(b"#" * MAX_ZPL_BYTES).children == []
+
+
+def test_wrong_type_is_a_type_error() -> None:
+    with pytest.raises(zsec.ZsecTypeError):
+        loads(42)  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=2000))
+def test_reader_is_total_on_bytes(data: bytes) -> None:
+    try:
+        root = loads(data)
+    except zsec.ZplError:
+        return
+    assert root.name == "root"
+
+
+_zpl_alphabet = st.sampled_from(
+    [" ", "    ", "\n", "\r\n", "\r", "\t", "#", "=", '"', "'", "a", "key", "-", "/", "é", "\x00"]
+)
+
+
+@given(st.lists(_zpl_alphabet, max_size=80).map("".join))
+def test_reader_is_total_on_zpl_like_text(text: str) -> None:
+    with contextlib.suppress(zsec.ZplError):
+        loads(text)
+
+
+def _unwritable(value: str) -> bool:
+    return bool(re.search(r"[\r\n]", value)) or (
+        re.search(r'"[ \t]*#', value) is not None and re.search(r"'[ \t]*#", value) is not None
+    )
+
+
+@given(st.text(max_size=60))
+def test_format_value_reads_back_or_refuses_exactly_the_unwritable(value: str) -> None:
+    if _unwritable(value):
+        with pytest.raises(zsec.ZplError):
+            format_value(value)
+        return
+    assert loads(f"k = {format_value(value)}\n").get("k") == value
+
+
+def test_format_value_prefers_czmq_double_quotes() -> None:
+    assert format_value("plain") == '"plain"'
+    assert format_value('say "hi"') == "'say \"hi\"'"
+    assert format_value('it\'s "x"') == 'it\'s "x"'
+    assert format_value(' it\'s "x" ') == '" it\'s "x" "'
+
+
+_names = st.from_regex(r"[A-Za-z0-9$\-_@.&+]{1,12}", fullmatch=True)
+_values = st.one_of(st.none(), st.text(st.characters(exclude_characters="\r\n"), max_size=20))
+
+
+@st.composite
+def _trees(draw: st.DrawFn, depth: int = 0) -> _zpl.ZplNode:
+    node = _zpl.ZplNode(draw(_names), draw(_values))
+    if depth < 3:
+        node.children = draw(st.lists(_trees(depth + 1), max_size=3))
+    return node
+
+
+@given(st.lists(_trees(), max_size=4))
+def test_dumps_then_loads_round_trips(children: list[_zpl.ZplNode]) -> None:
+    for node in [n for c in children for n in [c, *c.walk()]]:
+        if node.value is not None and _unwritable(node.value):
+            node.value = "x"
+    root = _zpl.ZplNode("root", None, children)
+    back = loads(dumps(root, ["   header"]))
+
+    def shape(n: _zpl.ZplNode) -> tuple[object, ...]:
+        return (n.name, n.value, tuple(shape(c) for c in n.children))
+
+    assert shape(back) == shape(root)
