@@ -1,0 +1,326 @@
+"""Cert: a CURVE keypair plus metadata, saved as CZMQ-compatible ZPL files."""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import re
+from typing import Any
+
+from . import _zpl
+from ._errors import (
+    CertificateError,
+    FileAccessError,
+    KeyFormatError,
+    MetadataError,
+    ZplError,
+    ZsecTypeError,
+)
+from ._files import PUBLIC_MODE, SECRET_MODE, current_umask, fspath, read_capped, write_atomic
+from ._keys import coerce_key, generate_keypair, public_from_secret, z85_encode
+
+#: Largest certificate file zsec reads.
+MAX_CERT_BYTES = _zpl.MAX_ZPL_BYTES
+
+_ZERO_KEY = bytes(32)
+_META_NAME = re.compile(r"[A-Za-z0-9$\-_@.&+/]{1,255}")
+# Control characters other than TAB: they cannot be typed, do not survive C
+# strings (NUL) or a line-based file (CR, LF), and only confuse log readers.
+_BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+_PUBLIC_BANNER = (
+    "   ZeroMQ CURVE Public Certificate",
+    "   Exchange securely, or use a secure mechanism to verify the contents",
+    "   of this file after exchange. Store public certificates in your home",
+    "   directory, in the .curve subdirectory.",
+)
+_SECRET_BANNER = (
+    "   ZeroMQ CURVE **Secret** Certificate",
+    "   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.",
+)
+
+
+def check_meta_name(name: object) -> str:
+    """Return ``name`` if it can be a metadata name, else raise ``MetadataError``."""
+    if not isinstance(name, str):
+        raise ZsecTypeError(f"metadata name must be str, not {type(name).__name__}")
+    if not _META_NAME.fullmatch(name) or name[0] == "/" or name[-1] == "/":
+        raise MetadataError(
+            f"metadata name {name!r} must be 1-255 characters from A-Z a-z 0-9 $ - _ @ . & + /"
+            " and not start or end with /"
+        )
+    if name.startswith(("public-key", "secret-key")):
+        # pyzmq's load_certificate takes any line starting with these words
+        # as a key, so such a name would make pyzmq read the wrong key.
+        raise MetadataError(f"metadata name {name!r} is reserved: it starts like a key field")
+    return name
+
+
+def check_meta_value(value: object) -> str:
+    """Return ``value`` if a certificate file can hold it exactly, else raise ``MetadataError``."""
+    if not isinstance(value, str):
+        raise ZsecTypeError(f"metadata value must be str, not {type(value).__name__}")
+    if _BAD_VALUE_CHARS.search(value):
+        raise MetadataError(
+            "metadata value must be printable text (TAB is allowed, line breaks are not)"
+        )
+    try:
+        _zpl.format_value(value)
+    except ZplError as exc:
+        raise MetadataError(f"metadata value cannot be stored: {exc}") from None
+    return value
+
+
+class Cert:
+    """A CURVE keypair (or a public key alone) plus ordered text metadata.
+
+    ``Cert()`` generates a fresh keypair. The secret key never appears in
+    ``repr``, ``str`` or any error message; ``==`` compares the keys in
+    constant time and ignores metadata.
+    """
+
+    __slots__ = ("_meta", "_public", "_public_txt", "_secret")
+
+    def __init__(self) -> None:
+        public, secret = generate_keypair()
+        self._public = public
+        self._secret: bytes | None = secret
+        self._public_txt: str | None = None
+        self._meta: dict[str, str] = {}
+
+    @classmethod
+    def _new(cls, public: bytes, secret: bytes | None, meta: dict[str, str]) -> Cert:
+        cert = cls.__new__(cls)
+        cert._public = public
+        cert._secret = secret
+        cert._public_txt = None
+        cert._meta = meta
+        return cert
+
+    @classmethod
+    def from_keys(cls, public: bytes | str, secret: bytes | str | None = None) -> Cert:
+        """Make a certificate from existing keys, each 32 raw bytes or 40 Z85 characters.
+
+        With a secret key, it must be the one that belongs to ``public``
+        (checked), otherwise ``KeyFormatError``.
+        """
+        public_raw = coerce_key(public, "public key")
+        secret_raw = None if secret is None else coerce_key(secret, "secret key")
+        if secret_raw is not None and not hmac.compare_digest(
+            public_from_secret(secret_raw), public_raw
+        ):
+            raise KeyFormatError("the secret key does not belong to the public key")
+        return cls._new(public_raw, secret_raw, {})
+
+    @classmethod
+    def load(cls, path: Any) -> Cert:
+        """Load a certificate file written by zsec, CZMQ, pyzmq or JeroMQ.
+
+        Reads ``<path>_secret`` when it exists and can be read (as CZMQ
+        does), else ``path``. A secret key is checked against its public key.
+        Raises ``FileAccessError`` when no file can be read and
+        ``CertificateError`` when the file is not a valid certificate.
+        """
+        path = fspath(path, "certificate path")
+        secret_path = path + "_secret"
+        try:
+            data = read_capped(secret_path, MAX_CERT_BYTES, "certificate")
+            used = secret_path
+        except FileAccessError:
+            data = read_capped(path, MAX_CERT_BYTES, "certificate")
+            used = path
+        return cls.from_bytes(data, used)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str, source: str = "<certificate>") -> Cert:
+        """Parse certificate text; ``source`` names it in error messages."""
+        try:
+            root = _zpl.loads(data)
+        except ZplError as exc:
+            raise CertificateError(f"{source}: not a valid certificate file: {exc}") from None
+        curve = root.child("curve")
+        public_txt = curve.get("public-key") if curve is not None else None
+        if not public_txt:
+            raise CertificateError(f"{source}: expected a 'curve' section with a 'public-key'")
+        try:
+            public = coerce_key(public_txt, "public-key")
+        except (KeyFormatError, ZsecTypeError):
+            raise CertificateError(
+                f"{source}: curve/public-key must be 40 Z85 characters"
+            ) from None
+        secret: bytes | None = None
+        secret_txt = curve.get("secret-key") if curve is not None else None
+        if secret_txt:
+            try:
+                secret = coerce_key(secret_txt, "secret-key")
+            except (KeyFormatError, ZsecTypeError):
+                raise CertificateError(
+                    f"{source}: curve/secret-key must be 40 Z85 characters"
+                ) from None
+            if secret == _ZERO_KEY:
+                # CZMQ writes an all-zero secret key for a public-only cert.
+                secret = None
+            elif not hmac.compare_digest(public_from_secret(secret), public):
+                raise CertificateError(f"{source}: the secret key does not match the public key")
+        meta: dict[str, str] = {}
+        section = root.child("metadata")
+        if section is not None:
+            for node in section.children:
+                # The first of two equal names wins, as in CZMQ.
+                meta.setdefault(node.name, node.value or "")
+        return cls._new(public, secret, meta)
+
+    # -- keys -------------------------------------------------------------
+
+    @property
+    def public_key(self) -> bytes:
+        """The public key, 32 raw bytes."""
+        return self._public
+
+    @property
+    def secret_key(self) -> bytes | None:
+        """The secret key, 32 raw bytes, or None for a public-only certificate."""
+        return self._secret
+
+    @property
+    def public_txt(self) -> str:
+        """The public key as 40 Z85 characters."""
+        if self._public_txt is None:
+            self._public_txt = z85_encode(self._public)
+        return self._public_txt
+
+    @property
+    def secret_txt(self) -> str | None:
+        """The secret key as 40 Z85 characters, or None. Handle with care."""
+        return None if self._secret is None else z85_encode(self._secret)
+
+    # -- metadata ---------------------------------------------------------
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Set a metadata entry, replacing any earlier value (CZMQ keeps the first).
+
+        Names are ZPL names (letters, digits, ``$-_@.&+/``); values are any
+        printable text, which ``save`` writes so that it reads back exactly.
+        """
+        self._meta[check_meta_name(name)] = check_meta_value(value)
+
+    def meta(self, name: str) -> str | None:
+        """Return the value of a metadata entry, or None."""
+        return self._meta.get(name)
+
+    def meta_keys(self) -> list[str]:
+        """Return the metadata names in the order they were set or read."""
+        return list(self._meta)
+
+    def unset_meta(self, name: str) -> None:
+        """Remove a metadata entry; removing a missing one is not an error."""
+        self._meta.pop(name, None)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """A copy of all metadata, in order."""
+        return dict(self._meta)
+
+    # -- files ------------------------------------------------------------
+
+    def save(self, path: Any, *, now: datetime.datetime | None = None) -> None:
+        """Write the public file at ``path`` and the secret file at ``<path>_secret``.
+
+        Both are written atomically; the secret file is created 0600. Needs
+        a secret key (use ``save_public`` for a public-only certificate).
+        """
+        path = fspath(path, "certificate path")
+        self._require_secret("save")
+        stamp = now or datetime.datetime.now()
+        write_atomic(
+            [
+                (path + "_secret", self._render(True, stamp), SECRET_MODE),
+                (path, self._render(False, stamp), PUBLIC_MODE & ~current_umask()),
+            ]
+        )
+
+    def save_public(self, path: Any, *, now: datetime.datetime | None = None) -> None:
+        """Write only the public certificate file at ``path``, atomically."""
+        path = fspath(path, "certificate path")
+        data = self._render(False, now or datetime.datetime.now())
+        write_atomic([(path, data, PUBLIC_MODE & ~current_umask())])
+
+    def save_secret(self, path: Any, *, now: datetime.datetime | None = None) -> None:
+        """Write the secret certificate file (both keys) at ``path``, atomically and 0600."""
+        path = fspath(path, "certificate path")
+        self._require_secret("save_secret")
+        write_atomic([(path, self._render(True, now or datetime.datetime.now()), SECRET_MODE)])
+
+    def _require_secret(self, action: str) -> None:
+        if self._secret is None:
+            raise CertificateError(f"cannot {action}: this certificate has no secret key")
+
+    def _render(self, secret: bool, now: datetime.datetime) -> bytes:
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S")
+        banner = _SECRET_BANNER if secret else _PUBLIC_BANNER
+        header = (f"   ****  Generated on {stamp} by zsec  ****", *banner)
+        metadata = _zpl.ZplNode("metadata")
+        metadata.children = [_zpl.ZplNode(k, v) for k, v in self._meta.items()]
+        curve = _zpl.ZplNode("curve", None, [_zpl.ZplNode("public-key", self.public_txt)])
+        if secret:
+            assert self._secret is not None
+            curve.children.append(_zpl.ZplNode("secret-key", z85_encode(self._secret)))
+        try:
+            text = _zpl.dumps(_zpl.ZplNode("root", None, [metadata, curve]), header)
+        except ZplError as exc:
+            raise MetadataError(f"metadata cannot be saved: {exc}") from None
+        data = text.encode("utf-8")
+        if len(data) > MAX_CERT_BYTES:
+            raise MetadataError(
+                f"certificate would be {len(data)} bytes, the limit is {MAX_CERT_BYTES}"
+            )
+        return data
+
+    # -- sockets ----------------------------------------------------------
+
+    def apply(self, socket: Any) -> None:
+        """Set this certificate's keys as a socket's CURVE public and secret key.
+
+        This does not make the socket a server or client; see
+        ``zsec.curve_server`` and ``zsec.curve_client``.
+        """
+        self._require_secret("apply")
+        assert self._secret is not None
+        import zmq
+
+        if not isinstance(socket, zmq.Socket):
+            raise ZsecTypeError(f"apply() needs a zmq.Socket, not {type(socket).__name__}")
+        socket.setsockopt(zmq.CURVE_PUBLICKEY, self._public)
+        socket.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
+
+    # -- value behaviour --------------------------------------------------
+
+    def dup(self) -> Cert:
+        """Return an independent copy (keys and metadata)."""
+        return self._new(self._public, self._secret, dict(self._meta))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Cert):
+            return NotImplemented
+        mine = self._public + (self._secret or _ZERO_KEY) + (b"\1" if self._secret else b"\0")
+        theirs = other._public + (other._secret or _ZERO_KEY) + (b"\1" if other._secret else b"\0")
+        return hmac.compare_digest(mine, theirs)
+
+    def __hash__(self) -> int:
+        return hash(self._public)
+
+    def __repr__(self) -> str:
+        secret = "[secure]" if self._secret is not None else "None"
+        return f"Cert(public_key={self.public_txt!r}, secret_key={secret}, meta={self._meta!r})"
+
+    __str__ = __repr__
+
+    def __copy__(self) -> Cert:
+        return self.dup()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Cert:
+        return self.dup()
+
+    def __reduce__(self) -> Any:
+        # Pickling would write the secret key wherever the pickle goes.
+        raise ZsecTypeError("Cert objects cannot be pickled; save them with save()")
