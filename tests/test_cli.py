@@ -1,0 +1,235 @@
+"""The zsec command: makecert prompts, flags, refusals, and no secret in any output."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import select
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import zsec
+from zsec.cli import main
+
+from .conftest import ROOT
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _run(argv: list[str], stdin: io.StringIO | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, stdin=stdin or io.StringIO(""), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _assert_no_secret(cert_path: Path, *texts: str) -> None:
+    secret = zsec.Cert.load(cert_path).secret_txt
+    assert secret is not None
+    for text in texts:
+        assert secret not in text
+        assert "secret-key" not in text
+
+
+def test_makecert_with_flags(tmp_path: Path) -> None:
+    path = tmp_path / "server.key"
+    code, out, err = _run(
+        [
+            "makecert",
+            str(path),
+            "--name",
+            "Srv",
+            "--email",
+            "s@example.org",
+            "--org",
+            "Ex",
+            "--meta",
+            "role=hub",
+            "--meta",
+            "note=a = b",
+        ]
+    )
+    assert code == 0, err
+    cert = zsec.Cert.load(path)
+    assert cert.meta_keys() == [
+        "name",
+        "email",
+        "organization",
+        "role",
+        "note",
+        "created-by",
+        "date-created",
+    ]
+    assert cert.meta("note") == "a = b"
+    assert cert.meta("created-by") == "zsec makecert"
+    assert f"Public key: {cert.public_txt}" in out
+    assert str(path) in out and f"{path}_secret" in out
+    assert stat.S_IMODE(Path(f"{path}_secret").stat().st_mode) == 0o600
+    _assert_no_secret(path, out, err)
+
+
+def test_makecert_prompts_at_a_terminal(tmp_path: Path) -> None:
+    path = tmp_path / "me.txt"
+    answers = _Tty("Ann Example\nann@example.org\n\n")
+    code, out, err = _run(["makecert", str(path)], stdin=answers)
+    assert code == 0, err
+    assert "Enter your full name: " in out
+    assert "Enter your email address: " in out
+    assert "Enter your organization: " in out
+    cert = zsec.Cert.load(path)
+    assert cert.meta("name") == "Ann Example"
+    assert cert.meta("email") == "ann@example.org"
+    assert cert.meta("organization") is None  # empty answer: not set, as in CZMQ
+    _assert_no_secret(path, out, err)
+
+
+def test_flags_skip_their_prompts(tmp_path: Path) -> None:
+    code, out, _ = _run(["makecert", str(tmp_path / "c"), "--name", "N"], stdin=_Tty("e@x\nOrg\n"))
+    assert code == 0
+    assert "full name" not in out
+    assert zsec.Cert.load(tmp_path / "c").meta("organization") == "Org"
+
+
+def test_no_prompts_when_not_a_terminal_or_in_batch_mode(tmp_path: Path) -> None:
+    code, out, _ = _run(["makecert", str(tmp_path / "a")], stdin=io.StringIO("ignored\n"))
+    assert code == 0 and "Enter" not in out
+    code, out, _ = _run(["makecert", str(tmp_path / "b"), "--batch"], stdin=_Tty("x\n"))
+    assert code == 0 and "Enter" not in out
+    assert zsec.Cert.load(tmp_path / "b").meta("name") is None
+
+
+def test_interactive_flag_reads_piped_answers(tmp_path: Path) -> None:
+    code, _, _ = _run(
+        ["makecert", str(tmp_path / "c"), "--interactive"], stdin=io.StringIO("A\nB\nC\n")
+    )
+    assert code == 0
+    assert zsec.Cert.load(tmp_path / "c").metadata["organization"] == "C"
+
+
+def test_eof_at_a_prompt_is_one_clear_line_and_writes_nothing(tmp_path: Path) -> None:
+    code, _, err = _run(["makecert", str(tmp_path / "c")], stdin=_Tty("Ann\n"))
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "input ended at the prompt 'Enter your email address'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    path = tmp_path / "c.key"
+    assert _run(["makecert", str(path), "--batch"])[0] == 0
+    first = zsec.Cert.load(path)
+    code, _, err = _run(["makecert", str(path), "--batch"])
+    assert code == 1 and "already exists; use --force" in err
+    assert zsec.Cert.load(path) == first
+    # A lone secret file counts too: replacing it would lose a key.
+    os.unlink(path)
+    code, _, err = _run(["makecert", str(path), "--batch"])
+    assert code == 1 and "c.key_secret already exists" in err
+    assert _run(["makecert", str(path), "--batch", "--force"])[0] == 0
+    assert zsec.Cert.load(path) != first
+
+
+@pytest.mark.parametrize(
+    ("argv_tail", "fragment"),
+    [
+        (["--meta", "novalue"], "--meta expects KEY=VALUE"),
+        (["--meta", "bad name=x"], "metadata name 'bad name'"),
+        (["--name", "two\nlines"], "line breaks are not"),
+    ],
+)
+def test_bad_metadata_is_one_line(tmp_path: Path, argv_tail: list[str], fragment: str) -> None:
+    code, _, err = _run(["makecert", str(tmp_path / "c"), "--batch", *argv_tail])
+    assert code == 1
+    assert fragment in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        lambda tmp: tmp / "missing-dir" / "c.key",  # no such directory
+        lambda tmp: tmp / "file" / "c.key",  # parent is a file
+        lambda tmp: Path("/proc/zsec-test.key"),  # a directory nobody can write, root included
+    ],
+)
+def test_unwritable_path_is_one_line(tmp_path: Path, where: object) -> None:
+    (tmp_path / "file").write_text("x")
+    path = where(tmp_path)  # type: ignore[operator]
+    code, out, err = _run(["makecert", str(path), "--batch"])
+    assert code == 1
+    assert err.startswith("zsec makecert: error: cannot write") and err.count("\n") == 1
+    assert out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["makecert", "--bogus"]) == 2
+    assert main([]) == 2
+
+
+def test_console_script_and_tools_wrapper(tmp_path: Path) -> None:
+    for argv in (
+        [sys.executable, "-m", "zsec", "makecert", "a.key", "--name", "A"],
+        [sys.executable, str(ROOT / "tools/makecert"), "b.key", "--name", "B"],
+    ):
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "Public key: " in done.stdout
+    assert zsec.Cert.load(tmp_path / "b.key").meta("name") == "B"
+    _assert_no_secret(tmp_path / "a.key", done.stdout, done.stderr)
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 20.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"no {marker!r} from makecert; got {data!r}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def test_prompts_on_a_real_terminal(tmp_path: Path) -> None:
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zsec", "makecert", "tty.key"],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        cwd=tmp_path,
+    )
+    os.close(secondary)
+    try:
+        transcript = b""
+        for prompt, answer in (
+            (b"full name: ", b"Tess Tty\n"),
+            (b"email address: ", b"t@example.org\n"),
+            (b"organization: ", b"Pty Ltd\n"),
+        ):
+            transcript += _read_until(primary, prompt)
+            os.write(primary, answer)
+        transcript += _read_until(primary, b"keep it private")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        os.close(primary)
+    cert = zsec.Cert.load(tmp_path / "tty.key")
+    assert cert.metadata["organization"] == "Pty Ltd"
+    _assert_no_secret(tmp_path / "tty.key", transcript.decode(errors="replace"))

@@ -1,0 +1,141 @@
+"""The ``zsec`` command: makecert and friends.
+
+Every subcommand is ``main(argv) -> int``-testable, prints one clear line on
+error and never prints a secret key or a password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from ._cert import Cert
+from ._errors import ZsecError
+
+PROG = "zsec"
+
+
+class _Eof(Exception):
+    """Input ended at a prompt."""
+
+
+def _prompt(question: str, stdin: TextIO, stdout: TextIO) -> str:
+    stdout.write(question)
+    stdout.flush()
+    line = stdin.readline()
+    if not line:
+        stdout.write("\n")
+        raise _Eof(question.strip().rstrip(":"))
+    return line.rstrip("\r\n")
+
+
+def _cmd_makecert(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    path: str = args.file
+    if not args.force:
+        for existing in (path, path + "_secret"):
+            if os.path.lexists(existing):
+                raise ZsecError(f"{existing} already exists; use --force to replace it")
+    cert = Cert()
+    interactive = args.interactive or (not args.batch and stdin.isatty())
+    answers = {"name": args.name, "email": args.email, "organization": args.org}
+    questions = {
+        "name": "Enter your full name: ",
+        "email": "Enter your email address: ",
+        "organization": "Enter your organization: ",
+    }
+    for key, question in questions.items():
+        value = answers[key]
+        if value is None and interactive:
+            try:
+                value = _prompt(question, stdin, stdout)
+            except _Eof as eof:
+                raise ZsecError(f"input ended at the prompt '{eof}'") from None
+        if value:
+            cert.set_meta(key, value)
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ZsecError(f"--meta expects KEY=VALUE, got {item!r}")
+        cert.set_meta(key, value)
+    cert.set_meta("created-by", "zsec makecert")
+    cert.set_meta("date-created", datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"))
+    cert.save(path)
+    stdout.write(f"Public key: {cert.public_txt}\n")
+    stdout.write(f"Public certificate: {path}\n")
+    stdout.write(f"Secret certificate: {path}_secret (mode 0600, keep it private)\n")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="ZeroMQ security tools.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    make = sub.add_parser(
+        "makecert",
+        help="create a CURVE certificate (public file plus _secret file)",
+        description="Create a CURVE keypair and save it as FILE (public) and FILE_secret "
+        "(secret, mode 0600). At a terminal it asks for name, email and organization.",
+    )
+    make.add_argument(
+        "file",
+        nargs="?",
+        default="mycert.txt",
+        metavar="FILE",
+        help="public certificate path (default: mycert.txt)",
+    )
+    make.add_argument("--name", help="full name (metadata 'name')")
+    make.add_argument("--email", help="email address (metadata 'email')")
+    make.add_argument("--org", help="organization (metadata 'organization')")
+    make.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra metadata; repeat for more",
+    )
+    make.add_argument("--force", action="store_true", help="replace an existing certificate")
+    mode = make.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--interactive",
+        action="store_true",
+        help="ask for missing fields even when input is not a terminal",
+    )
+    mode.add_argument("--batch", action="store_true", help="never ask, even at a terminal")
+    make.set_defaults(run=_cmd_makecert)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run the ``zsec`` command and return its exit status."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    run: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.run
+    try:
+        return run(args, stdin, stdout)
+    except ZsecError as exc:
+        stderr.write(f"{PROG} {args.command}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        stderr.write(f"{PROG} {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
