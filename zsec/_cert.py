@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hmac
 import re
+from collections.abc import Callable
 from typing import Any
 
 from . import _zpl
@@ -17,7 +18,7 @@ from ._errors import (
     ZsecTypeError,
 )
 from ._files import PUBLIC_MODE, SECRET_MODE, current_umask, fspath, read_capped, write_atomic
-from ._keys import coerce_key, generate_keypair, public_from_secret, z85_encode
+from ._keys import coerce_key, generate_keypair, public_from_secret, z85_decode, z85_encode
 
 #: Largest certificate file zsec reads.
 MAX_CERT_BYTES = _zpl.MAX_ZPL_BYTES
@@ -27,6 +28,43 @@ _META_NAME = re.compile(r"[A-Za-z0-9$\-_@.&+/]{1,255}")
 # Control characters other than TAB: they cannot be typed, do not survive C
 # strings (NUL) or a line-based file (CR, LF), and only confuse log readers.
 _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+# The layout that CZMQ, pyzmq (public files) and zsec write, matched in one go
+# so that loading thousands of certificates is cheap. Anything this does not
+# match exactly goes through the full ZPL reader, which gives the same result
+# wherever both apply (a property test checks it).
+_Z85_40 = r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}"
+_SKIP_LINES = r"(?:[ ]*#[^\n]*\n|[ \t]*\n)*"
+_FAST_CERT = re.compile(
+    _SKIP_LINES
+    + r"metadata[ \t]*\n"
+    + r"((?:    [A-Za-z0-9$\-_@.&+/]+ = \"[^\"\n]*\"[ \t]*\n)*)"
+    + r"curve[ \t]*\n"
+    + r"    public-key = \"("
+    + _Z85_40
+    + r")\"[ \t]*\n"
+    + r"(?:    secret-key = \"("
+    + _Z85_40
+    + r")\"[ \t]*\n)?"
+    + _SKIP_LINES
+)
+_FAST_META = re.compile(r"    ([A-Za-z0-9$\-_@.&+/]+) = \"([^\"\n]*)\"")
+# The same layout with up to 8 metadata lines captured directly, which saves
+# a second pass over them in the common case.
+_FAST_LINES = 8
+_FAST_CERT_8 = re.compile(
+    _SKIP_LINES
+    + r"metadata[ \t]*\n"
+    + r"(?:    ([A-Za-z0-9$\-_@.&+/]+) = \"([^\"\n]*)\"[ \t]*\n)?" * _FAST_LINES
+    + r"curve[ \t]*\n"
+    + r"    public-key = \"("
+    + _Z85_40
+    + r")\"[ \t]*\n"
+    + r"(?:    secret-key = \"("
+    + _Z85_40
+    + r")\"[ \t]*\n)?"
+    + _SKIP_LINES
+)
 
 _PUBLIC_BANNER = (
     "   ZeroMQ CURVE Public Certificate",
@@ -71,6 +109,56 @@ def check_meta_value(value: object) -> str:
     return value
 
 
+def fast_fields(
+    data: bytes, share: Callable[[str, str], str] | None = None
+) -> tuple[str, str | None, dict[str, str]] | None:
+    """Read the common certificate layout quickly, or return None to use the full reader.
+
+    Returns (public key text, secret key text or None, metadata); the key
+    texts are 40 characters of the Z85 alphabet, not yet decoded. ``share``
+    (a dict's ``setdefault``) canonicalises metadata strings.
+    """
+    if b"\r" in data or len(data) > MAX_CERT_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text[-1:] != "\n":
+        text += "\n"
+    match = _FAST_CERT_8.fullmatch(text)
+    if match is not None:
+        groups = match.groups()
+        public_txt, secret_txt = groups[-2:]
+        names = groups[0 : 2 * _FAST_LINES : 2]
+        count = names.index(None) if None in names else _FAST_LINES
+        if share is None:
+            meta = dict(zip(names[:count], groups[1 : 2 * count : 2], strict=True))
+        else:
+            keys, values = names[:count], groups[1 : 2 * count : 2]
+            meta = dict(zip(map(share, keys, keys), map(share, values, values), strict=True))
+        if len(meta) != count or names[count:].count(None) != _FAST_LINES - count:
+            return None  # a repeated name (first wins) or a gap: the full reader decides
+    else:
+        match = _FAST_CERT.fullmatch(text)
+        if match is None:
+            return None
+        block, public_txt, secret_txt = match.groups()
+        pairs = _FAST_META.findall(block)
+        meta = dict(pairs)
+        if len(meta) != len(pairs):
+            return None
+    return public_txt, secret_txt, meta
+
+
+def public_cert(public: bytes, public_txt: str, meta: dict[str, str]) -> Cert:
+    """Make a read-only public certificate from already checked parts (store fast path)."""
+    cert = object.__new__(Cert)
+    cert._public, cert._public_txt, cert._secret, cert._meta = public, public_txt, None, meta
+    cert._frozen = True
+    return cert
+
+
 class Cert:
     """A CURVE keypair (or a public key alone) plus ordered text metadata.
 
@@ -79,7 +167,7 @@ class Cert:
     constant time and ignores metadata.
     """
 
-    __slots__ = ("_meta", "_public", "_public_txt", "_secret")
+    __slots__ = ("_frozen", "_meta", "_public", "_public_txt", "_secret")
 
     def __init__(self) -> None:
         public, secret = generate_keypair()
@@ -87,6 +175,7 @@ class Cert:
         self._secret: bytes | None = secret
         self._public_txt: str | None = None
         self._meta: dict[str, str] = {}
+        self._frozen = False
 
     @classmethod
     def _new(cls, public: bytes, secret: bytes | None, meta: dict[str, str]) -> Cert:
@@ -95,7 +184,18 @@ class Cert:
         cert._secret = secret
         cert._public_txt = None
         cert._meta = meta
+        cert._frozen = False
         return cert
+
+    def _freeze(self) -> None:
+        # Certificates shared through a CertStore are read by other threads.
+        self._frozen = True
+
+    def _check_mutable(self) -> None:
+        if self._frozen:
+            raise CertificateError(
+                "this certificate belongs to a CertStore and is read-only; change a dup()"
+            )
 
     @classmethod
     def from_keys(cls, public: bytes | str, secret: bytes | str | None = None) -> Cert:
@@ -134,6 +234,17 @@ class Cert:
     @classmethod
     def from_bytes(cls, data: bytes | str, source: str = "<certificate>") -> Cert:
         """Parse certificate text; ``source`` names it in error messages."""
+        fast = fast_fields(data) if isinstance(data, bytes) else None
+        if fast is not None and fast[1] is None:
+            public = z85_decode(fast[0])
+            if public is not None:
+                cert = cls._new(public, None, fast[2])
+                cert._public_txt = fast[0]
+                return cert
+        return cls._parse(data, source)
+
+    @classmethod
+    def _parse(cls, data: bytes | str, source: str) -> Cert:
         try:
             root = _zpl.loads(data)
         except ZplError as exc:
@@ -202,6 +313,7 @@ class Cert:
         Names are ZPL names (letters, digits, ``$-_@.&+/``); values are any
         printable text, which ``save`` writes so that it reads back exactly.
         """
+        self._check_mutable()
         self._meta[check_meta_name(name)] = check_meta_value(value)
 
     def meta(self, name: str) -> str | None:
@@ -214,6 +326,7 @@ class Cert:
 
     def unset_meta(self, name: str) -> None:
         """Remove a metadata entry; removing a missing one is not an error."""
+        self._check_mutable()
         self._meta.pop(name, None)
 
     @property

@@ -19,6 +19,7 @@ KEY_Z85_CHARS = 40
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
 _DIGIT = {c: i for i, c in enumerate(_ALPHABET)}
 _U32_MAX = 0xFFFFFFFF
+_PACK_KEY = struct.Struct(">8I").pack
 
 
 def z85_encode(data: bytes) -> str:
@@ -36,27 +37,29 @@ def z85_encode(data: bytes) -> str:
     )
 
 
+_DIGITS = bytes(_DIGIT.get(chr(i), 0xFF) for i in range(256))
+
+
 def z85_decode(text: str) -> bytes | None:
     """Decode Z85 text, or return None when it is not valid Z85.
 
     Valid means: a length that is a multiple of 5, only alphabet characters,
     and no 5-character group above 0xFFFFFFFF (libzmq's checks).
     """
-    if len(text) % 5:
+    if len(text) % 5 or not text.isascii():
         return None
-    words = []
-    digit = _DIGIT
-    try:
-        for i in range(0, len(text), 5):
-            value = 0
-            for ch in text[i : i + 5]:
-                value = value * 85 + digit[ch]
-            if value > _U32_MAX:
-                return None
-            words.append(value)
-    except KeyError:
+    digits = text.encode("ascii").translate(_DIGITS)
+    if 0xFF in digits:
         return None
-    return struct.pack(f">{len(words)}I", *words)
+    words = [
+        (((a * 85 + b) * 85 + c) * 85 + d) * 85 + e
+        for a, b, c, d, e in zip(
+            digits[0::5], digits[1::5], digits[2::5], digits[3::5], digits[4::5], strict=True
+        )
+    ]
+    if words and max(words) > _U32_MAX:
+        return None
+    return _PACK_KEY(*words) if len(words) == 8 else struct.pack(f">{len(words)}I", *words)
 
 
 def coerce_key(key: object, what: str = "key") -> bytes:
@@ -105,3 +108,57 @@ def generate_keypair() -> tuple[bytes, bytes]:
 def public_from_secret(secret: bytes) -> bytes:
     """Derive the Curve25519 public key of a 32-byte secret key."""
     return bytes(crypto_scalarmult_base(secret))
+
+
+# Largest valid 5-digit group, 0xFFFFFFFF, as Z85 digit values ("%nSc0").
+_MAX_GROUP = bytes(_DIGIT[c] for c in "%nSc0")
+# Digit values that can start an overflowing group map to 1, the rest to 0.
+_RISKY_FIRST = bytes(1 if i >= _DIGIT["%"] else 0 for i in range(256))
+
+
+def z85_decode_keys(texts: list[str]) -> list[bytes | None]:
+    """Decode many 40-character Z85 keys at once; None for each invalid one.
+
+    Same results as ``z85_decode`` on each text, several times faster for a
+    whole directory of certificates: the arithmetic runs on one big integer
+    whose 32-bit lanes are the key words, so Python touches each key once.
+    """
+    count = len(texts)
+    if count == 0:
+        return []
+    results: list[bytes | None] = [None] * count
+    valid = [len(t) == KEY_Z85_CHARS and t.isascii() for t in texts]
+    joined = "".join(t if ok else "0" * KEY_Z85_CHARS for t, ok in zip(texts, valid, strict=True))
+    digits = bytearray(joined.encode("ascii").translate(_DIGITS))
+    # Characters outside the alphabet, and groups above 0xFFFFFFFF (which
+    # would carry into the next lane), disqualify a key; zero its digits so
+    # the batch stays exact, and leave its result None.
+    bad = {i // KEY_Z85_CHARS for i in _positions(digits, 0xFF)}
+    for group in _positions(digits[0::5].translate(_RISKY_FIRST), 1):
+        start = group * 5
+        if bytes(digits[start : start + 5]) > _MAX_GROUP:
+            bad.add(start // KEY_Z85_CHARS)
+    for i in range(count):
+        if not valid[i]:
+            bad.add(i)
+    for i in bad:
+        digits[i * KEY_Z85_CHARS : (i + 1) * KEY_Z85_CHARS] = bytes(KEY_Z85_CHARS)
+    lanes = bytearray(KEY_BYTES * count)
+    value = 0
+    for column in range(5):
+        lanes[3::4] = digits[column::5]
+        value = value * 85 + int.from_bytes(lanes, "big")
+    raw = value.to_bytes(KEY_BYTES * count, "big")
+    for i in range(count):
+        if i not in bad:
+            results[i] = raw[i * KEY_BYTES : (i + 1) * KEY_BYTES]
+    return results
+
+
+def _positions(data: bytes | bytearray, byte: int) -> list[int]:
+    found = []
+    at = data.find(byte)
+    while at >= 0:
+        found.append(at)
+        at = data.find(byte, at + 1)
+    return found
