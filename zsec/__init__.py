@@ -15,15 +15,18 @@ from ._errors import (
     ZsecError,
     ZsecTypeError,
 )
+from ._store import CertStore, StoreChange
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Cert",
+    "CertStore",
     "CertificateError",
     "FileAccessError",
     "KeyFormatError",
     "MetadataError",
+    "StoreChange",
     "ZplError",
     "ZsecError",
     "ZsecTypeError",

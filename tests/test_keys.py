@@ -1,0 +1,99 @@
+"""Z85 and the fast certificate reader agree with their reference paths."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+import zsec
+from zsec import _cert, _keys
+
+from .test_cert import CLIENT_PUBLIC, CLIENT_PUBLIC_HEX
+
+ALPHABET = _keys._ALPHABET
+
+
+def test_rfc32_and_libzmq_vectors() -> None:
+    assert _keys.z85_encode(bytes.fromhex("864FD26FB559F75B")) == "HelloWorld"
+    assert _keys.z85_decode("HelloWorld") == bytes.fromhex("864FD26FB559F75B")
+    assert _keys.z85_encode(bytes.fromhex(CLIENT_PUBLIC_HEX)) == CLIENT_PUBLIC
+    assert _keys.z85_decode("%nSc0") == b"\xff\xff\xff\xff"
+    assert _keys.z85_decode("%nSc1") is None  # above 0xFFFFFFFF
+    assert _keys.z85_decode("0000") is None  # not a multiple of 5
+
+
+@given(st.binary(min_size=0, max_size=64).filter(lambda b: len(b) % 4 == 0))
+def test_z85_round_trip(data: bytes) -> None:
+    assert _keys.z85_decode(_keys.z85_encode(data)) == data
+
+
+_z85ish = st.text(alphabet=ALPHABET + "~ é", min_size=38, max_size=41)
+
+
+@given(st.lists(st.one_of(_z85ish, st.binary(min_size=32, max_size=32).map(_keys.z85_encode))))
+def test_batch_decode_matches_one_by_one(texts: list[str]) -> None:
+    expected = [_keys.z85_decode(t) if len(t) == 40 else None for t in texts]
+    assert _keys.z85_decode_keys(texts) == expected
+
+
+_meta_line = st.tuples(
+    st.sampled_from(["name", "email", "x", "name", "a-b"]),
+    st.text(st.characters(exclude_characters='"\r\n'), max_size=8),
+)
+
+
+@st.composite
+def _cert_texts(draw: st.DrawFn) -> bytes:
+    """Certificate files near the common layout, with the mutations that matter."""
+    lines = [draw(st.sampled_from(["#   comment", "", "  # indented", "\t", "# x"]))]
+    lines.append(draw(st.sampled_from(["metadata", "metadata  ", "meta"])))
+    for name, value in draw(st.lists(_meta_line, max_size=10)):
+        quote = draw(st.sampled_from(['"', '"', "'", ""]))
+        lines.append(f"    {name} = {quote}{value}{quote}")
+    lines.append(draw(st.sampled_from(["curve", "curve\t", " curve"])))
+    key = draw(st.one_of(st.just(CLIENT_PUBLIC), _z85ish))
+    lines.append(f'    public-key = "{key}"')
+    if draw(st.booleans()):
+        lines.append(draw(st.sampled_from(["# trailer", "", '    secret-key = "x"'])))
+    eol = draw(st.sampled_from(["\n", "\n", "\r\n"]))
+    return (eol.join(lines) + draw(st.sampled_from([eol, ""]))).encode()
+
+
+@given(_cert_texts())
+def test_fast_reader_agrees_with_the_full_reader(data: bytes) -> None:
+    try:
+        full: zsec.Cert | None = zsec.Cert._parse(data, "x")
+    except zsec.CertificateError:
+        full = None
+    fields = _cert.fast_fields(data)
+    if fields is None:
+        return  # the full reader decides alone
+    public = _keys.z85_decode(fields[0])
+    if public is None:
+        assert full is None
+        return
+    assert full is not None
+    assert public == full.public_key
+    assert fields[2] == full.metadata
+    assert list(fields[2]) == full.meta_keys()
+
+
+def test_fast_reader_takes_the_files_zsec_czmq_and_pyzmq_write(tmp_path: object) -> None:
+    import pathlib
+
+    import zmq.auth
+
+    from .conftest import CZMQ_FIXTURES
+
+    files = [p for p in (CZMQ_FIXTURES / "certs").iterdir() if not p.name.endswith("_secret")]
+    cert = zsec.Cert()
+    cert.set_meta("name", "zsec")
+    cert.save(pathlib.Path(str(tmp_path)) / "z.key")
+    pyzmq_public, _ = zmq.auth.create_certificates(str(tmp_path), "p")
+    files += [pathlib.Path(str(tmp_path)) / "z.key", pathlib.Path(pyzmq_public)]
+    for path in files:
+        data = path.read_bytes()
+        fields = _cert.fast_fields(data)
+        assert fields is not None, path
+        assert _cert.fast_fields(data, {}.setdefault) == fields
+        assert fields[2] == zsec.Cert._parse(data, str(path)).metadata

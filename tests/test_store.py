@@ -1,0 +1,543 @@
+"""CertStore: loading, live changes (native and polling watchers), strict mode, threads."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import zsec
+from zsec import _store
+
+from .conftest import CZMQ_FIXTURES, wait_for
+
+MANIFEST = json.loads((CZMQ_FIXTURES / "manifest.json").read_text())
+PUBLIC = {e["file"]: e for e in MANIFEST["files"] if e["loadable"] and e["kind"] == "public"}
+
+
+def _cert(name: str = "") -> zsec.Cert:
+    cert = zsec.Cert()
+    if name:
+        cert.set_meta("name", name)
+    return cert
+
+
+_NOW = datetime.datetime(2026, 1, 1, 12, 0, 0)
+
+
+def _write_public(path: Path, cert: zsec.Cert) -> None:
+    """Write a public certificate in place (not atomically), as cp or an editor would."""
+    path.write_bytes(cert._render(False, _NOW))
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "curve"
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+@pytest.fixture(params=["native", "polling"])
+def watcher(request: pytest.FixtureRequest) -> bool:
+    """Run a live test with the inotify watcher and again with the polling fallback."""
+    return bool(request.param == "polling")
+
+
+@pytest.fixture
+def live(store_dir: Path, watcher: bool) -> Iterator[zsec.CertStore]:
+    with zsec.CertStore(store_dir, polling=watcher) as store:
+        assert store.observer_kind == ("polling" if watcher else "native")
+        yield store
+
+
+# -- loading ------------------------------------------------------------------
+
+
+def test_loads_czmq_public_certificates_with_their_metadata(czmq_dir: Path) -> None:
+    with zsec.CertStore(czmq_dir / "certs") as store:
+        assert len(store) == 3  # the _secret files are skipped
+        for name, entry in PUBLIC.items():
+            cert = store.lookup(entry["public_key"])
+            assert cert is not None, name
+            assert cert.metadata == entry["metadata"]
+            assert cert.secret_key is None
+            assert store.lookup(cert.public_key) is cert
+            assert store.lookup(entry["public_key"].encode()) is cert
+            assert entry["public_key"] in store
+
+
+def test_czmq_unloadable_certificate_is_trusted_by_zsec(czmq_dir: Path) -> None:
+    with zsec.CertStore(czmq_dir / "certs_unloadable") as store:
+        cert = store.lookup(")FV7o(uWG.K^X8HCh-eEaEihZo2U8wrX)Rtm.]6S")
+        assert cert is not None and cert.meta("name") == 'Dana "DQ" Quinn'
+
+
+def test_recursive_and_skipped_names(store_dir: Path) -> None:
+    kept = {"top.key": _cert(), "sub/deeper/in.key": _cert(), "no-extension": _cert()}
+    skipped = {
+        ".hidden.key": _cert(),
+        "backup.key~": _cert(),
+        "#autosave.key#": _cert(),
+        "client.key_secret": _cert(),
+        ".git/objects.key": _cert(),
+    }
+    for rel, cert in {**kept, **skipped}.items():
+        path = store_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_public(path, cert)
+    with zsec.CertStore(store_dir) as store:
+        assert {c.public_key for c in store} == {c.public_key for c in kept.values()}
+        assert store.location == str(store_dir)
+
+
+def test_public_file_with_a_secret_key_is_trusted_without_it(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert = _cert()
+    cert.save_secret(store_dir / "leaked.key")
+    with zsec.CertStore(store_dir) as store:
+        found = store.lookup(cert.public_key)
+        assert found is not None and found.secret_key is None
+    assert "holds a secret key" in caplog.text
+
+
+def test_store_certificates_are_read_only(store_dir: Path) -> None:
+    _write_public(store_dir / "a.key", _cert("a"))
+    with zsec.CertStore(store_dir) as store:
+        (cert,) = list(store)
+        with pytest.raises(zsec.CertificateError, match="read-only"):
+            cert.set_meta("name", "changed")
+        copy = cert.dup()
+        copy.set_meta("name", "changed")
+        assert cert.meta("name") == "a"
+
+
+def test_bad_locations_and_arguments(tmp_path: Path) -> None:
+    with pytest.raises(zsec.FileAccessError, match="No such file"):
+        zsec.CertStore(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(zsec.FileAccessError, match="not a directory"):
+        zsec.CertStore(tmp_path / "file")
+    with pytest.raises(zsec.ZsecTypeError):
+        zsec.CertStore(42)
+    with pytest.raises(zsec.ZsecTypeError):
+        zsec.CertStore(on_change="nope")  # type: ignore[arg-type]
+    store = zsec.CertStore()
+    with pytest.raises(zsec.KeyFormatError):
+        store.lookup("short")
+    assert "short" not in store
+    with pytest.raises(zsec.ZsecTypeError):
+        store.insert("not a cert")  # type: ignore[arg-type]
+
+
+def test_fifo_in_the_directory_does_not_hang_the_scan(store_dir: Path) -> None:
+    os.mkfifo(store_dir / "pipe.key")
+    _write_public(store_dir / "ok.key", _cert())
+    with zsec.CertStore(store_dir) as store:
+        assert len(store) == 1
+
+
+# -- in memory ------------------------------------------------------------------
+
+
+def test_in_memory_store() -> None:
+    store = zsec.CertStore()
+    cert = _cert("mem")
+    store.insert(cert)
+    cert.set_meta("name", "changed after insert")
+    found = store.lookup(cert.public_txt)
+    assert found is not None and found.meta("name") == "mem"
+    assert found.secret_key is None  # a trust store keeps no secrets
+    assert len(store) == 1 and cert.public_key in store
+    assert [c.public_key for c in store] == [cert.public_key]
+    assert store.location is None
+    store.close()
+    assert len(store) == 0 and store.lookup(cert.public_key) is None
+    with pytest.raises(zsec.ZsecError, match="closed"):
+        store.insert(cert)
+    store.close()  # idempotent
+
+
+def test_inserted_certificates_survive_reload_and_file_changes(store_dir: Path) -> None:
+    on_disk, in_memory = _cert("disk"), _cert("memory")
+    _write_public(store_dir / "disk.key", on_disk)
+    with zsec.CertStore(store_dir) as store:
+        store.insert(in_memory)
+        os.unlink(store_dir / "disk.key")
+        store.reload()  # in force when it returns
+        assert on_disk.public_key not in store
+        assert in_memory.public_key in store
+        # An inserted key wins over a file holding the same key.
+        _write_public(store_dir / "dup.key", in_memory.dup())
+        store.reload()
+        assert store.lookup(in_memory.public_key).meta("name") == "memory"  # type: ignore[union-attr]
+
+
+# -- live changes (each under both watchers) --------------------------------------
+
+
+def test_create_modify_delete(live: zsec.CertStore, store_dir: Path) -> None:
+    cert = _cert("v1")
+    _write_public(store_dir / "c.key", cert)
+    wait_for(lambda: cert.public_key in live, what="created file")
+    updated = cert.dup()
+    updated.set_meta("name", "v2")
+    _write_public(store_dir / "c.key", updated)
+    # While the file is rewritten in place its key is briefly untrusted (fail closed).
+    wait_for(lambda: getattr(live.lookup(cert.public_key), "meta", dict)("name") == "v2")
+    os.unlink(store_dir / "c.key")
+    wait_for(lambda: cert.public_key not in live, what="deleted file")
+    assert len(live) == 0
+
+
+def test_rename_into_out_of_and_within(
+    live: zsec.CertStore, store_dir: Path, tmp_path: Path
+) -> None:
+    cert = _cert()
+    outside = tmp_path / "outside.key"
+    _write_public(outside, cert)
+    os.rename(outside, store_dir / "in.key")
+    wait_for(lambda: cert.public_key in live, what="renamed in")
+    os.rename(store_dir / "in.key", store_dir / "moved.key")
+    other = _cert()
+    _write_public(store_dir / "marker.key", other)
+    wait_for(lambda: other.public_key in live, what="marker")
+    assert cert.public_key in live  # renamed within: still trusted
+    os.rename(store_dir / "moved.key", outside)
+    wait_for(lambda: cert.public_key not in live, what="renamed out")
+
+
+def test_editor_write_temp_then_rename(live: zsec.CertStore, store_dir: Path) -> None:
+    old, new = _cert("old"), _cert("new")
+    _write_public(store_dir / "client.key", old)
+    wait_for(lambda: old.public_key in live)
+    new.save_public(store_dir / "client.key")  # temp file + rename, as editors do
+    wait_for(lambda: new.public_key in live and old.public_key not in live, what="replace")
+
+
+def test_same_size_rewrite_in_the_same_second(live: zsec.CertStore, store_dir: Path) -> None:
+    first, second = _cert("same"), _cert("same")
+    path = store_dir / "c.key"
+    _write_public(path, first)
+    wait_for(lambda: first.public_key in live)
+    before = path.stat()
+    _write_public(path, second)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime
+    assert path.stat().st_size == before.st_size
+    wait_for(lambda: second.public_key in live, what="same-size rewrite")
+    assert first.public_key not in live
+
+
+def test_subdirectory_created_and_removed(live: zsec.CertStore, store_dir: Path) -> None:
+    cert = _cert()
+    sub = store_dir / "team"
+    sub.mkdir(mode=0o700)
+    _write_public(sub / "member.key", cert)
+    wait_for(lambda: cert.public_key in live, what="file in new subdirectory")
+    shutil.rmtree(sub)
+    wait_for(lambda: cert.public_key not in live, what="subdirectory removed")
+
+
+def test_directory_removed_revokes_and_recreated_loads(
+    live: zsec.CertStore, store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert = _cert()
+    _write_public(store_dir / "c.key", cert)
+    wait_for(lambda: cert.public_key in live)
+    shutil.rmtree(store_dir)
+    wait_for(lambda: len(live) == 0, what="revocation by directory removal")
+    assert "revoked" in caplog.text
+    store_dir.mkdir(mode=0o700)
+    again = _cert()
+    _write_public(store_dir / "again.key", again)
+    wait_for(lambda: again.public_key in live, what="recreated directory")
+    extra = _cert()
+    _write_public(store_dir / "extra.key", extra)
+    wait_for(lambda: extra.public_key in live, what="watching the new directory")
+
+
+def test_directory_swapped_by_rename(live: zsec.CertStore, store_dir: Path, tmp_path: Path) -> None:
+    old, new = _cert(), _cert()
+    _write_public(store_dir / "old.key", old)
+    wait_for(lambda: old.public_key in live)
+    staging = tmp_path / "staging"
+    staging.mkdir(mode=0o700)
+    _write_public(staging / "new.key", new)
+    os.rename(store_dir, tmp_path / "retired")
+    os.rename(staging, store_dir)
+    wait_for(lambda: new.public_key in live and old.public_key not in live, what="swap")
+
+
+def test_malformed_then_fixed(
+    live: zsec.CertStore, store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = _cert()
+    _write_public(store_dir / "good.key", good)
+    (store_dir / "bad.key").write_text('curve\n    public-key = "not a key"\n')
+    wait_for(lambda: "bad.key" in caplog.text, what="log line for the malformed file")
+    record = next(r for r in caplog.records if "bad.key" in r.getMessage())
+    assert "40 Z85 characters" in record.getMessage()
+    assert good.public_key in live
+    fixed = _cert()
+    _write_public(store_dir / "bad.key", fixed)
+    wait_for(lambda: fixed.public_key in live, what="fixed file picked up")
+
+
+def test_half_written_file_is_skipped_until_complete(live: zsec.CertStore, store_dir: Path) -> None:
+    cert = _cert()
+    data = cert._render(False, _NOW)
+    with open(store_dir / "slow.key", "wb") as handle:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        marker = _cert()
+        _write_public(store_dir / "marker.key", marker)
+        wait_for(lambda: marker.public_key in live)
+        assert cert.public_key not in live
+        handle.write(data[len(data) // 2 :])
+    wait_for(lambda: cert.public_key in live, what="completed file")
+
+
+def test_duplicate_keys_stay_trusted_until_the_last_file_goes(
+    live: zsec.CertStore, store_dir: Path
+) -> None:
+    cert = _cert("first")
+    _write_public(store_dir / "a.key", cert)
+    second = cert.dup()
+    second.set_meta("name", "second")
+    _write_public(store_dir / "b.key", second)
+    wait_for(lambda: cert.public_key in live)
+    marker = _cert()
+    _write_public(store_dir / "m.key", marker)
+    wait_for(lambda: marker.public_key in live)
+    os.unlink(store_dir / "a.key")
+    os.unlink(store_dir / "m.key")
+    wait_for(lambda: marker.public_key not in live)
+    assert live.lookup(cert.public_key).meta("name") == "second"  # type: ignore[union-attr]
+    os.unlink(store_dir / "b.key")
+    wait_for(lambda: cert.public_key not in live, what="last duplicate removed")
+
+
+# -- strict mode ------------------------------------------------------------------
+
+
+def test_group_writable_file_is_refused_with_a_fix(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert = _cert()
+    path = store_dir / "open.key"
+    _write_public(path, cert)
+    path.chmod(0o664)
+    with zsec.CertStore(store_dir) as store:
+        assert cert.public_key not in store
+        assert f"chmod go-w {path}" in caplog.text
+        path.chmod(0o644)
+        wait_for(lambda: cert.public_key in store, what="chmod fix picked up")
+        path.chmod(0o646)
+        wait_for(lambda: cert.public_key not in store, what="chmod o+w refused live")
+    with zsec.CertStore(store_dir, strict=False) as lax:
+        assert cert.public_key in lax
+
+
+def test_group_writable_directory_is_refused(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert = _cert()
+    sub = store_dir / "shared"
+    sub.mkdir(mode=0o700)
+    _write_public(sub / "c.key", cert)
+    sub.chmod(0o770)
+    with zsec.CertStore(store_dir) as store:
+        assert cert.public_key not in store
+        assert "directory mode 0770" in caplog.text
+        sub.chmod(0o700)
+        wait_for(lambda: cert.public_key in store, what="directory fixed")
+
+
+def test_file_owned_by_another_user_is_refused(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert = _cert()
+    path = store_dir / "theirs.key"
+    _write_public(path, cert)
+    if os.geteuid() == 0:
+        os.chown(path, 4242, -1)
+        expected_refused = True
+    else:  # an unprivileged run cannot give a file away; root-owned is trusted
+        expected_refused = False
+    with zsec.CertStore(store_dir) as store:
+        assert (cert.public_key not in store) == expected_refused
+    if expected_refused:
+        assert "owned by uid 4242" in caplog.text
+
+
+# -- threads, callbacks, failures ------------------------------------------------
+
+
+def test_on_change_reports_added_updated_removed(store_dir: Path) -> None:
+    changes: list[zsec.StoreChange] = []
+    lock = threading.Lock()
+
+    def record(change: zsec.StoreChange) -> None:
+        with lock:
+            changes.append(change)
+
+    cert = _cert("v1")
+    with zsec.CertStore(store_dir, on_change=record) as store:
+        _write_public(store_dir / "c.key", cert)
+        wait_for(lambda: any(c.added for c in changes))
+        changed = cert.dup()
+        changed.set_meta("name", "v2")
+        _write_public(store_dir / "c.key", changed)
+        wait_for(lambda: any(c.updated for c in changes))
+        os.unlink(store_dir / "c.key")
+        wait_for(lambda: any(c.removed for c in changes))
+        assert store.lookup(cert.public_key) is None
+    with lock:
+        added = [c for ch in changes for c in ch.added]
+        updated = [c for ch in changes for c in ch.updated]
+        removed = [c for ch in changes for c in ch.removed]
+    assert added[0].public_key == cert.public_key
+    assert updated[-1].meta("name") == "v2"
+    assert removed[-1].public_key == cert.public_key
+
+
+def test_a_failing_callback_does_not_stop_the_watcher(store_dir: Path) -> None:
+    def explode(change: zsec.StoreChange) -> None:
+        raise RuntimeError("callback bug")
+
+    with zsec.CertStore(store_dir, on_change=explode) as store:
+        for _ in range(3):
+            cert = _cert()
+            _write_public(store_dir / f"{cert.public_txt[:8].replace('/', '_')}.k", cert)
+            wait_for(lambda c=cert: c.public_key in store)
+
+
+def test_the_watcher_recovers_from_an_internal_error(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with zsec.CertStore(store_dir) as store:
+        original = store._apply_events
+        calls = {"n": 0}
+
+        def flaky(batch: list[tuple[str, bool, str, str]]) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("injected watcher fault")
+            original(batch)
+
+        monkeypatch.setattr(store, "_apply_events", flaky)
+        cert = _cert()
+        _write_public(store_dir / "c.key", cert)
+        wait_for(lambda: cert.public_key in store, what="recovery by rescan")
+        assert "injected watcher fault" in caplog.text
+        later = _cert()
+        _write_public(store_dir / "later.key", later)
+        wait_for(lambda: later.public_key in store)
+
+
+def test_lookups_during_a_storm_of_changes(store_dir: Path) -> None:
+    stable = [_cert() for _ in range(20)]
+    for i, cert in enumerate(stable):
+        _write_public(store_dir / f"stable-{i}.key", cert)
+    churn = [_cert() for _ in range(30)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    with zsec.CertStore(store_dir) as store:
+
+        def reader() -> None:
+            try:
+                while not stop.is_set():
+                    for cert in stable:
+                        found = store.lookup(cert.public_key)
+                        assert found is not None and found.public_key == cert.public_key
+                    for cert in churn:
+                        found = store.lookup(cert.public_key)
+                        assert found is None or found.public_key == cert.public_key
+                    time.sleep(0)  # let the writer and the watcher have the GIL too
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        rng = random.Random(7)
+        present: set[int] = set()
+        for _ in range(300):
+            i = rng.randrange(len(churn))
+            path = store_dir / f"churn-{i}.key"
+            if i in present:
+                path.unlink()
+                present.discard(i)
+            else:
+                tmp = store_dir / f".churn-{i}.tmp"
+                _write_public(tmp, churn[i])
+                os.replace(tmp, path)
+                present.add(i)
+        expected = {c.public_key for c in stable} | {churn[i].public_key for i in present}
+        wait_for(lambda: {c.public_key for c in store} == expected, what="storm settled")
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert errors == []
+
+
+def test_close_stops_the_watcher_threads(store_dir: Path) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    store = zsec.CertStore(store_dir)
+    store.close()
+    store.close()
+    wait_for(
+        lambda: {t.ident for t in threading.enumerate() if t.is_alive()} <= before,
+        what="watcher threads gone",
+    )
+    assert len(store) == 0
+
+
+def test_queue_overflow_triggers_a_full_rescan(store_dir: Path) -> None:
+    with zsec.CertStore(store_dir) as store:
+        cert = _cert()
+        _write_public(store_dir / "c.key", cert)
+        # Simulate lost events: change the disk behind the watcher's back by
+        # editing the indexes, then deliver watchdog's overflow warning.
+        wait_for(lambda: cert.public_key in store)
+        with store._lock:
+            store._paths.clear()
+            store._holders.clear()
+            store._publish({cert.public_key})
+        assert cert.public_key not in store
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+        wait_for(lambda: cert.public_key in store, what="rescan after overflow")
+
+
+def test_lookup_is_a_dict_hit(store_dir: Path) -> None:
+    # Cost, not speed: a lookup reads no file and takes no lock.
+    _write_public(store_dir / "c.key", _cert())
+    with zsec.CertStore(store_dir) as store:
+        (cert,) = list(store)
+        with store._lock:  # the watcher's lock held elsewhere does not block lookups
+            done = threading.Event()
+            result: list[object] = []
+
+            def look() -> None:
+                result.append(store.lookup(cert.public_key))
+                done.set()
+
+            threading.Thread(target=look).start()
+            assert done.wait(5)
+        assert result == [cert]
+
+
+def test_overflow_listener_is_attached() -> None:
+    logger = logging.getLogger("watchdog.observers.inotify_c")
+    assert any(isinstance(f, _store._OverflowListener) for f in logger.filters)
