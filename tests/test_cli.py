@@ -233,3 +233,75 @@ def test_prompts_on_a_real_terminal(tmp_path: Path) -> None:
     cert = zsec.Cert.load(tmp_path / "tty.key")
     assert cert.metadata["organization"] == "Pty Ltd"
     _assert_no_secret(tmp_path / "tty.key", transcript.decode(errors="replace"))
+
+
+# -- zsec passwd ------------------------------------------------------------------
+
+
+def test_passwd_from_stdin_adds_then_replaces(tmp_path: Path) -> None:
+    from zsec._passwords import PasswordFile
+
+    path = tmp_path / "passwords.txt"
+    path.write_text("# team\nbob=plain-text\n")
+    code, out, err = _run(["passwd", str(path), "alice", "--stdin"], io.StringIO("s3cret!\n"))
+    assert code == 0, err
+    assert out == f"Added alice in {path} (argon2id hash, file mode 0600)\n"
+    code, out, _ = _run(["passwd", str(path), "alice", "--stdin"], io.StringIO("n3w-one\n"))
+    assert code == 0 and out.startswith("Replaced the password of alice")
+    text = path.read_text()
+    assert text.startswith("# team\nbob=plain-text\nalice=$argon2id$")
+    assert "s3cret!" not in text + out and "n3w-one" not in text + out
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    passwords = PasswordFile(path)
+    assert passwords.check(b"alice", b"n3w-one") == b""
+    assert passwords.check(b"alice", b"s3cret!") == b"wrong password"
+    assert passwords.check(b"bob", b"plain-text") == b""
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "fragment"),
+    [
+        (
+            ["passwd", "{f}", "alice"],
+            "",
+            "no terminal to ask for the password; pass it with --stdin",
+        ),
+        (["passwd", "{f}", "alice", "--stdin"], "", "no password on standard input"),
+        (["passwd", "{f}", "a=b", "--stdin"], "pw\n", "cannot start with '#' or contain '='"),
+        (["passwd", "{f}", "alice", "--stdin"], "\n", "a password must be 1 to 255 bytes"),
+    ],
+)
+def test_passwd_errors_are_one_line(
+    tmp_path: Path, argv: list[str], stdin: str, fragment: str
+) -> None:
+    path = tmp_path / "p.txt"
+    code, out, err = _run([a.format(f=path) for a in argv], io.StringIO(stdin))
+    assert code == 1 and fragment in err and err.count("\n") == 1
+    assert out == "" and not path.exists()
+
+
+def test_passwd_asks_twice_at_a_terminal_without_echo(tmp_path: Path) -> None:
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zsec", "passwd", "p.txt", "carol"],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    os.close(secondary)
+    try:
+        transcript = _read_until(primary, b"New password for carol: ")
+        os.write(primary, b"tty-pass-1\n")
+        transcript += _read_until(primary, b"Repeat the password: ")
+        os.write(primary, b"tty-pass-1\n")
+        transcript += _read_until(primary, b"file mode 0600")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        os.close(primary)
+    assert b"tty-pass-1" not in transcript  # never echoed
+    from zsec._passwords import PasswordFile
+
+    assert PasswordFile(tmp_path / "p.txt").check(b"carol", b"tty-pass-1") == b""

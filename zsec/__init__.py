@@ -1,10 +1,12 @@
 """zsec: ZeroMQ security for Python, safe by default.
 
-CZMQ's security toolkit (zauth, zcert, zcertstore, makecert) rebuilt over
-pyzmq: ``Cert`` holds a CURVE keypair and metadata, saved as CZMQ-compatible
-files.
+CZMQ's security toolkit rebuilt over pyzmq: ``Auth`` is the authenticator
+(zauth), ``Cert`` a CURVE keypair with metadata (zcert), ``CertStore`` a live
+directory of trusted certificates (zcertstore), and the socket helpers set
+up servers that refuse clients when no authenticator is running.
 """
 
+from ._auth import ZAP_ENDPOINT, Auth, AuthError
 from ._cert import Cert
 from ._errors import (
     CertificateError,
@@ -15,20 +17,47 @@ from ._errors import (
     ZsecError,
     ZsecTypeError,
 )
+from ._passwords import PasswordError, PasswordFile
+from ._sockets import (
+    SocketConfigError,
+    curve_client,
+    curve_server,
+    null_server,
+    plain_client,
+    plain_server,
+)
 from ._store import CertStore, StoreChange
+from ._zap import CURVE_ALLOW_ANY, AddressError, Policy, ZapError, ZapReply, ZapRequest
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CURVE_ALLOW_ANY",
+    "ZAP_ENDPOINT",
+    "AddressError",
+    "Auth",
+    "AuthError",
     "Cert",
     "CertStore",
     "CertificateError",
     "FileAccessError",
     "KeyFormatError",
     "MetadataError",
+    "PasswordError",
+    "PasswordFile",
+    "Policy",
+    "SocketConfigError",
     "StoreChange",
+    "ZapError",
+    "ZapReply",
+    "ZapRequest",
     "ZplError",
     "ZsecError",
     "ZsecTypeError",
     "__version__",
+    "curve_client",
+    "curve_server",
+    "null_server",
+    "plain_client",
+    "plain_server",
 ]

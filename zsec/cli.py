@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import getpass
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from typing import TextIO
 
 from ._cert import Cert
 from ._errors import ZsecError
+from ._passwords import check_username, set_password
 
 PROG = "zsec"
 
@@ -70,6 +72,26 @@ def _cmd_makecert(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> in
     return 0
 
 
+def _cmd_passwd(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    username = args.user.encode("utf-8")
+    check_username(username)
+    if args.stdin:
+        line = stdin.readline()
+        if not line:
+            raise ZsecError("no password on standard input")
+        password = line.rstrip("\r\n")
+    elif stdin is sys.stdin and stdin.isatty():
+        password = getpass.getpass(f"New password for {args.user}: ")
+        if getpass.getpass("Repeat the password: ") != password:
+            raise ZsecError("the two passwords differ; nothing was changed")
+    else:
+        raise ZsecError("no terminal to ask for the password; pass it with --stdin")
+    replaced = set_password(args.file, username, password.encode("utf-8"))
+    verb = "Replaced the password of" if replaced else "Added"
+    stdout.write(f"{verb} {args.user} in {args.file} (argon2id hash, file mode 0600)\n")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="ZeroMQ security tools.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -107,6 +129,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     mode.add_argument("--batch", action="store_true", help="never ask, even at a terminal")
     make.set_defaults(run=_cmd_makecert)
+
+    passwd = sub.add_parser(
+        "passwd",
+        help="add or replace a user in a PLAIN password file (argon2id hash)",
+        description="Add USER to FILE, or replace its entry, with an argon2id hash of the "
+        "password. Other lines are kept; the file is rewritten atomically with mode 0600. "
+        "The password is asked twice at the terminal and never echoed.",
+    )
+    passwd.add_argument("file", metavar="FILE", help="password file (created if missing)")
+    passwd.add_argument("user", metavar="USER", help="username")
+    passwd.add_argument(
+        "--stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    passwd.set_defaults(run=_cmd_passwd)
     return parser
 
 

@@ -1,0 +1,268 @@
+"""Auth: the authenticator thread that answers ZAP requests for one zmq context.
+
+The thread is a dumb pump: receive, ``Policy.handle``, send. Configuration
+methods build a new immutable ``Policy`` and swap it in with one assignment,
+so each is in force for the next request as soon as it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from typing import Any
+
+import zmq
+
+from ._errors import ZsecError, ZsecTypeError
+from ._passwords import PasswordFile
+from ._store import CertStore
+from ._zap import CURVE_ALLOW_ANY, MAX_FIELD, Policy, _AllowAny, parse_address_rule
+
+log = logging.getLogger("zsec.auth")
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+_STOP_SECONDS = 5.0
+
+
+class AuthError(ZsecError, RuntimeError):
+    """The authenticator cannot start, or is used after ``stop()``."""
+
+
+def _check_domain(domain: object) -> str:
+    if not isinstance(domain, str):
+        raise ZsecTypeError(f"a ZAP domain must be str, not {type(domain).__name__}")
+    if len(domain.encode("utf-8")) > MAX_FIELD:
+        raise AuthError("a ZAP domain is at most 255 bytes")
+    return domain
+
+
+class Auth:
+    """A ZAP authenticator (CZMQ's zauth) running in its own thread.
+
+    ``Auth(ctx)`` binds ``inproc://zeromq.zap.01`` on the context (default
+    ``zmq.Context.instance()``; a ``zmq.asyncio.Context`` works too) before
+    it returns, and fails with ``AuthError`` if another authenticator holds
+    that endpoint. Until configured it admits NULL clients and refuses PLAIN
+    and CURVE ones.
+
+    Security: libzmq admits CURVE clients without asking anyone when no
+    authenticator is bound (specs.md 2.1). Configure server sockets with
+    ``zsec.curve_server`` / ``plain_server`` / ``null_server`` so that a
+    stopped or missing authenticator refuses clients instead.
+    """
+
+    def __init__(self, ctx: zmq.Context[Any] | None = None, *, verbose: bool = False) -> None:
+        base = zmq.Context.instance() if ctx is None else ctx
+        if not isinstance(base, zmq.Context):
+            raise ZsecTypeError(f"Auth needs a zmq.Context, not {type(base).__name__}")
+        # Keep the caller's context alive as long as this authenticator: a
+        # collected Context object terminates the libzmq context under us.
+        self._base = base
+        # A plain context on the same libzmq context: inproc endpoints are
+        # shared, and the pump gets blocking sockets even under asyncio.
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(base.underlying)
+        self._lock = threading.Lock()
+        self._policy = Policy(verbose=verbose)
+        self._owned: dict[str, CertStore] = {}
+        self._stopped = False
+        self._done = threading.Event()
+        self._token = secrets.token_bytes(16)
+        socket = self._ctx.socket(zmq.ROUTER)
+        socket.linger = 0
+        try:
+            socket.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError as exc:
+            socket.close()
+            if exc.errno == zmq.EADDRINUSE:
+                raise AuthError(
+                    f"another authenticator is already bound to {ZAP_ENDPOINT} on this "
+                    "context; stop it first (one authenticator per context)"
+                ) from None
+            raise AuthError(f"cannot bind {ZAP_ENDPOINT}: {exc}") from None
+        self._socket = socket
+        self._thread = threading.Thread(target=self._run, name="zsec-auth", daemon=True)
+        self._thread.start()
+        log.debug("authenticator started on %s", ZAP_ENDPOINT)
+
+    # -- the pump -------------------------------------------------------------
+
+    def _run(self) -> None:
+        socket = self._socket
+        recv, send = socket.recv_multipart, socket.send_multipart
+        token = self._token
+        try:
+            while True:
+                try:
+                    frames = recv()
+                    if len(frames) == 3 and frames[2] == token:
+                        return
+                    reply = self._policy.handle(frames)
+                    if reply is not None:
+                        send(reply)
+                except zmq.ContextTerminated:
+                    log.warning("zmq context terminated: authenticator stopped")
+                    return
+                except Exception:
+                    # Policy.handle never raises; this is a socket error or
+                    # worse. Keep answering: a dead handler fails open.
+                    log.exception("authenticator: unexpected error, continuing")
+        finally:
+            socket.close(linger=0)
+            self._done.set()
+
+    # -- configuration --------------------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force now (immutable)."""
+        return self._policy
+
+    def _update(self, **changes: Any) -> None:
+        with self._lock:
+            self._check_running()
+            self._policy = self._policy.replace(**changes)
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise AuthError("this authenticator is stopped")
+
+    @property
+    def verbose(self) -> bool:
+        """Whether each decision is logged (INFO, ``zsec.auth`` logger; no passwords)."""
+        return self._policy.verbose
+
+    @verbose.setter
+    def verbose(self, value: bool) -> None:
+        self._update(verbose=bool(value))
+
+    def set_verbose(self, value: bool = True) -> None:
+        """Turn the decision trace on or off (CZMQ's VERBOSE)."""
+        self.verbose = value
+
+    def allow(self, *addresses: str) -> None:
+        """Admit only these addresses (IPs or CIDR networks); overrides ``deny``.
+
+        An IPv4 rule also matches the IPv4-mapped IPv6 form of the address.
+        """
+        rules = tuple(parse_address_rule(a) for a in addresses)
+        with self._lock:
+            self._check_running()
+            self._policy = self._policy.replace(allow=self._policy.allow + rules)
+        log.debug("allowing %s", ", ".join(str(r) for r in rules))
+
+    def deny(self, *addresses: str) -> None:
+        """Refuse these addresses (IPs or CIDR networks), unless an allow list is set."""
+        rules = tuple(parse_address_rule(a) for a in addresses)
+        with self._lock:
+            self._check_running()
+            self._policy = self._policy.replace(deny=self._policy.deny + rules)
+        log.debug("denying %s", ", ".join(str(r) for r in rules))
+
+    def configure_plain(self, domain: str, filename: Any) -> None:
+        """Check PLAIN logins in ``domain`` (``"*"``: every domain without its own) against a file.
+
+        The file is CZMQ's ``name=password`` format (``zsec passwd`` adds
+        hashed entries) and is reloaded when it changes. ``None`` removes
+        the domain's PLAIN configuration.
+        """
+        _check_domain(domain)
+        passwords = None if filename is None else PasswordFile(filename)
+        with self._lock:
+            self._check_running()
+            plain = dict(self._policy.plain)
+            if passwords is None:
+                plain.pop(domain, None)
+            else:
+                plain[domain] = passwords
+            self._policy = self._policy.replace(plain=plain)
+
+    def configure_curve(self, domain: str, location: Any) -> None:
+        """Check CURVE clients in ``domain`` (``"*"``: every domain without its own).
+
+        ``location`` is a directory of trusted public certificates (followed
+        live), a ``CertStore``, ``zsec.CURVE_ALLOW_ANY`` (any client that
+        knows the server key) or ``None`` to remove the configuration.
+        """
+        _check_domain(domain)
+        owned: CertStore | None = None
+        source: CertStore | _AllowAny | None
+        if location is None or location is CURVE_ALLOW_ANY or isinstance(location, CertStore):
+            source = location
+        elif isinstance(location, (str, bytes, os.PathLike)):
+            source = owned = CertStore(location)
+        else:
+            raise ZsecTypeError(
+                "location must be a directory path, a CertStore, zsec.CURVE_ALLOW_ANY or None"
+            )
+        with self._lock:
+            if self._stopped:
+                if owned is not None:
+                    owned.close()
+                self._check_running()
+            curve = dict(self._policy.curve)
+            if source is None:
+                curve.pop(domain, None)
+            else:
+                curve[domain] = source
+            self._policy = self._policy.replace(curve=curve)
+            previous = self._owned.pop(domain, None)
+            if owned is not None:
+                self._owned[domain] = owned
+        if previous is not None:
+            previous.close()
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop answering and unbind the ZAP endpoint; idempotent and bounded.
+
+        Directory stores this authenticator opened are closed; stores passed
+        in by the caller are left open.
+        """
+        with self._lock:
+            already = self._stopped
+            self._stopped = True
+            owned, self._owned = list(self._owned.values()), {}
+        if not already and not self._done.is_set():
+            self._wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(_STOP_SECONDS)
+        if self._thread.is_alive():
+            log.error("authenticator thread did not stop within %.0fs", _STOP_SECONDS)
+        for store in owned:
+            store.close()
+
+    def _wake(self) -> None:
+        try:
+            waker = self._ctx.socket(zmq.DEALER)
+        except zmq.ZMQError:
+            return  # context already terminated: the pump has seen ETERM
+        try:
+            waker.linger = int(_STOP_SECONDS * 1000)
+            waker.sndtimeo = int(_STOP_SECONDS * 1000)
+            waker.connect(ZAP_ENDPOINT)
+            waker.send_multipart([b"", self._token])
+        except zmq.ZMQError as exc:
+            log.debug("could not wake the authenticator thread: %s", exc)
+        finally:
+            waker.close()
+
+    @property
+    def running(self) -> bool:
+        """True while the thread answers ZAP requests."""
+        return not self._done.is_set()
+
+    def __enter__(self) -> Auth:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"<zsec.Auth {state} allow={len(self._policy.allow)} deny={len(self._policy.deny)} "
+            f"plain={sorted(self._policy.plain)} curve={sorted(self._policy.curve)}>"
+        )

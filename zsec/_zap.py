@@ -1,0 +1,500 @@
+"""ZAP (ZMQ RFC 27): request parsing, reply encoding and the policy decision. No sockets.
+
+``ZapRequest.from_frames`` validates a request, ``Policy.decide`` answers
+it, ``ZapReply.frames`` encodes the answer exactly as libzmq requires
+(specs.md 2.3). ``Policy.handle`` composes the three on raw ROUTER frames
+for the authenticator thread, with caches that keep the common cases to a
+few dictionary lookups.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ._errors import ZsecError, ZsecTypeError
+from ._keys import KEY_BYTES, z85_encode
+
+if TYPE_CHECKING:
+    from ._passwords import PasswordFile
+    from ._store import CertStore
+
+log = logging.getLogger("zsec.auth")
+
+ZAP_VERSION = b"1.0"
+#: RFC 27 limits every string field to 255 octets.
+MAX_FIELD = 255
+#: User-Id given to NULL clients: never empty, so a peer cannot supply its own.
+NULL_USER_ID = b"anonymous"
+
+
+class _AllowAny:
+    """The ``CURVE_ALLOW_ANY`` marker: any client that knows the server key."""
+
+    _instance: _AllowAny | None = None
+
+    def __new__(cls) -> _AllowAny:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "zsec.CURVE_ALLOW_ANY"
+
+    def __reduce__(self) -> str:
+        return "CURVE_ALLOW_ANY"
+
+
+CURVE_ALLOW_ANY = _AllowAny()
+
+# ZAP metadata names that libzmq gives a meaning of its own (specs.md 1.6):
+# from a certificate they could change a peer's routing id or fail every
+# handshake, so they are never sent.
+RESERVED_PROPERTIES = frozenset(
+    {"user-id", "identity", "routing-id", "socket-type", "peer-address", "resource"}
+)
+
+
+class ZapError(ZsecError, ValueError):
+    """A ZAP request is malformed; ``status`` is the code to answer with (400)."""
+
+    def __init__(self, message: str, status: bytes = b"400") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ZapRequest(NamedTuple):
+    """A validated ZAP request (the frames after the envelope), immutable.
+
+    ``credentials`` is () for NULL, (username, password) for PLAIN and
+    (32-byte client key,) for CURVE.
+    """
+
+    version: bytes
+    request_id: bytes
+    domain: bytes
+    address: bytes
+    identity: bytes
+    mechanism: bytes
+    credentials: tuple[bytes, ...] = ()
+
+    @classmethod
+    def from_frames(cls, frames: list[bytes] | tuple[bytes, ...], start: int = 0) -> ZapRequest:
+        """Parse request frames beginning at ``frames[start]`` (the version frame).
+
+        Raises ``ZapError`` naming what was expected. Total: any list of
+        bytes gives a request or a ``ZapError``.
+        """
+        count = len(frames) - start
+        if count < 6:
+            raise ZapError(f"expected at least 6 frames, got {max(count, 0)}")
+        version, request_id, domain, address, identity, mechanism = frames[start : start + 6]
+        if version != ZAP_VERSION:
+            raise ZapError("unsupported ZAP version, expected 1.0")
+        if (
+            len(request_id) > MAX_FIELD
+            or len(domain) > MAX_FIELD
+            or len(address) > MAX_FIELD
+            or len(identity) > MAX_FIELD
+            or len(mechanism) > MAX_FIELD
+        ):
+            raise ZapError("a request field is longer than 255 bytes")
+        credentials = tuple(frames[start + 6 :])
+        expected = _CREDENTIAL_FRAMES.get(mechanism)
+        if expected is None:
+            raise ZapError(f"unsupported mechanism {_show(mechanism)}")
+        if len(credentials) != expected:
+            raise ZapError(
+                f"{mechanism.decode()} expects {expected} credential frame(s), "
+                f"got {len(credentials)}"
+            )
+        if mechanism == b"CURVE":
+            if len(credentials[0]) != KEY_BYTES:
+                raise ZapError(f"CURVE key must be 32 bytes, got {len(credentials[0])}")
+        elif mechanism == b"PLAIN" and (
+            len(credentials[0]) > MAX_FIELD or len(credentials[1]) > MAX_FIELD
+        ):
+            raise ZapError("PLAIN username and password are at most 255 bytes")
+        return cls(version, request_id, domain, address, identity, mechanism, credentials)
+
+    @property
+    def username(self) -> bytes:
+        """PLAIN username ("" for other mechanisms)."""
+        return self.credentials[0] if self.mechanism == b"PLAIN" else b""
+
+    @property
+    def client_key(self) -> bytes:
+        """CURVE client public key, 32 bytes (b"" for other mechanisms)."""
+        return self.credentials[0] if self.mechanism == b"CURVE" else b""
+
+    def __repr__(self) -> str:
+        # Never show the PLAIN password.
+        creds = "()"
+        if self.mechanism == b"PLAIN":
+            creds = f"(username={self.credentials[0]!r}, password=[secure])"
+        elif self.credentials:
+            creds = f"({len(self.credentials)} frame(s))"
+        return (
+            f"ZapRequest(request_id={self.request_id!r}, domain={self.domain!r}, "
+            f"address={self.address!r}, mechanism={self.mechanism!r}, credentials={creds})"
+        )
+
+
+_CREDENTIAL_FRAMES = {b"NULL": 0, b"PLAIN": 2, b"CURVE": 1}
+
+
+class ZapReply(NamedTuple):
+    """A ZAP reply; ``frames()`` gives the six frames after the envelope."""
+
+    request_id: bytes
+    status_code: bytes
+    status_text: bytes = b""
+    user_id: bytes = b""
+    metadata: bytes = b""
+
+    def frames(self) -> list[bytes]:
+        """The reply frames, version first, as libzmq requires them."""
+        return [
+            ZAP_VERSION,
+            self.request_id,
+            self.status_code,
+            self.status_text,
+            self.user_id,
+            self.metadata,
+        ]
+
+    @property
+    def allowed(self) -> bool:
+        return self.status_code == b"200"
+
+
+def encode_properties(properties: Mapping[str, str | bytes]) -> bytes:
+    """Encode properties in ZMTP metadata format (name-len, name, 4-byte value-len, value)."""
+    out = bytearray()
+    for name, value in properties.items():
+        raw_name = name.encode("ascii")
+        if not 0 < len(raw_name) <= 255:
+            raise ZapError(f"property name must be 1-255 bytes, got {len(raw_name)}")
+        raw_value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        out += bytes((len(raw_name),)) + raw_name + struct.pack(">I", len(raw_value)) + raw_value
+    return bytes(out)
+
+
+def decode_properties(data: bytes) -> dict[str, bytes]:
+    """Decode a ZMTP property blob; raises ``ZapError`` on trailing or truncated bytes."""
+    props: dict[str, bytes] = {}
+    at = 0
+    while at < len(data):
+        size = data[at]
+        name = data[at + 1 : at + 1 + size]
+        at += 1 + size
+        if size == 0 or len(name) != size or at + 4 > len(data):
+            raise ZapError("truncated property")
+        (length,) = struct.unpack_from(">I", data, at)
+        at += 4
+        if at + length > len(data):
+            raise ZapError("truncated property value")
+        props[name.decode("ascii", "replace")] = data[at : at + length]
+        at += length
+    return props
+
+
+def cert_properties(meta: Mapping[str, str]) -> bytes:
+    """Encode certificate metadata as ZAP metadata, leaving out libzmq's reserved names."""
+    return encode_properties(
+        {name: value for name, value in meta.items() if name.lower() not in RESERVED_PROPERTIES}
+    )
+
+
+# -- addresses -------------------------------------------------------------------
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_address_rule(rule: object) -> Network:
+    """Parse an allow/deny rule: an IPv4 or IPv6 address or CIDR network."""
+    if isinstance(rule, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return rule
+    if isinstance(rule, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return ipaddress.ip_network(rule)
+    if not isinstance(rule, str):
+        raise ZsecTypeError(f"an address rule must be str, not {type(rule).__name__}")
+    try:
+        network = ipaddress.ip_network(rule.strip(), strict=False)
+    except ValueError:
+        raise AddressError(
+            f"address rule {rule!r} is not an IPv4/IPv6 address or CIDR network "
+            "(for example 192.0.2.7, 10.0.0.0/8 or 2001:db8::/32)"
+        ) from None
+    # An IPv4-mapped IPv6 rule means its IPv4 address.
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped:
+        mapped = network.network_address.ipv4_mapped
+        prefix = max(0, network.prefixlen - 96)
+        return ipaddress.ip_network(f"{mapped}/{prefix}", strict=False)
+    return network
+
+
+class AddressError(ZsecError, ValueError):
+    """An allow/deny rule is not an IP address or CIDR network."""
+
+
+def _peer_ip(address: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        text = address.decode("ascii").split("%", 1)[0].strip("[]")
+        ip = ipaddress.ip_address(text)
+    except (UnicodeDecodeError, ValueError):
+        return None  # IPC peers ("localhost:uid:gid:pid") and garbage match no rule
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _matches(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, rules: tuple[Network, ...]) -> bool:
+    return any(ip.version == net.version and ip in net for net in rules)
+
+
+def _show(value: bytes, limit: int = 64) -> str:
+    """Render peer-supplied bytes for a log line: printable, escaped, bounded."""
+    text = value[:limit].decode("utf-8", "backslashreplace")
+    text = text.encode("unicode_escape").decode("ascii")
+    return text + ("..." if len(value) > limit else "")
+
+
+# -- the policy --------------------------------------------------------------------
+
+_OK = b"OK"
+_CACHE_LIMIT = 10_000
+
+
+class Policy:
+    """An immutable authentication policy: address lists plus per-domain PLAIN and CURVE.
+
+    ``plain`` and ``curve`` map a domain (``"*"`` for every domain without
+    its own entry) to a ``PasswordFile`` and to a ``CertStore`` or
+    ``CURVE_ALLOW_ANY``. Change it by making a new one with ``replace``.
+    """
+
+    __slots__ = (
+        "_address_cache",
+        "_curve",
+        "_curve_cache",
+        "_plain",
+        "allow",
+        "curve",
+        "deny",
+        "plain",
+        "verbose",
+    )
+
+    def __init__(
+        self,
+        *,
+        allow: Iterable[object] = (),
+        deny: Iterable[object] = (),
+        plain: Mapping[str, PasswordFile] | None = None,
+        curve: Mapping[str, CertStore | _AllowAny] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "allow", tuple(parse_address_rule(r) for r in allow))
+        put(self, "deny", tuple(parse_address_rule(r) for r in deny))
+        put(self, "plain", dict(plain or {}))
+        put(self, "curve", dict(curve or {}))
+        put(self, "verbose", bool(verbose))
+        # Byte-keyed views for the request path, and caches of derived answers
+        # (valid for this policy only, since a new policy starts empty).
+        put(self, "_plain", {k.encode(): v for k, v in self.plain.items()})
+        put(self, "_curve", {k.encode(): v for k, v in self.curve.items()})
+        put(self, "_address_cache", {})
+        put(self, "_curve_cache", {})
+
+    def replace(self, **changes: Any) -> Policy:
+        """Return a copy with some of allow, deny, plain, curve, verbose changed."""
+        fields: dict[str, Any] = {
+            "allow": self.allow,
+            "deny": self.deny,
+            "plain": self.plain,
+            "curve": self.curve,
+            "verbose": self.verbose,
+        }
+        fields.update(changes)
+        return Policy(**fields)
+
+    allow: tuple[Network, ...]
+    deny: tuple[Network, ...]
+    plain: dict[str, PasswordFile]
+    curve: dict[str, CertStore | _AllowAny]
+    verbose: bool
+    _plain: dict[bytes, PasswordFile]
+    _curve: dict[bytes, CertStore | _AllowAny]
+    _address_cache: dict[bytes, bytes]
+    _curve_cache: dict[bytes, tuple[object, bytes, bytes]]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Policy is immutable; use replace()")
+
+    # -- deciding ----------------------------------------------------------------
+
+    def address_verdict(self, address: bytes) -> bytes:
+        """Return b"" when the address may continue, else the reason it is refused."""
+        verdict = self._address_cache.get(address)
+        if verdict is None:
+            verdict = self._address_verdict(address)
+            if len(self._address_cache) >= _CACHE_LIMIT:
+                self._address_cache.clear()
+            self._address_cache[address] = verdict
+        return verdict
+
+    def _address_verdict(self, address: bytes) -> bytes:
+        if not self.allow and not self.deny:
+            return b""
+        ip = _peer_ip(address)
+        if self.allow:
+            # A non-empty allow list admits only its addresses and overrides deny.
+            if ip is not None and _matches(ip, self.allow):
+                return b""
+            return b"address not in the allow list"
+        if ip is not None and _matches(ip, self.deny):
+            return b"address is in the deny list"
+        return b""
+
+    def decide(self, request: ZapRequest) -> ZapReply:
+        """Answer a validated request: 200 with a User-Id and metadata, or 400 with a reason."""
+        refused = self.address_verdict(request.address)
+        if refused:
+            return ZapReply(request.request_id, b"400", refused)
+        mechanism = request.mechanism
+        if mechanism == b"NULL":
+            return ZapReply(request.request_id, b"200", _OK, NULL_USER_ID)
+        if mechanism == b"PLAIN":
+            passwords = self._plain.get(request.domain) or self._plain.get(b"*")
+            if passwords is None:
+                return ZapReply(request.request_id, b"400", b"no PLAIN passwords for this domain")
+            username, password = request.credentials
+            reason = passwords.check(username, password)
+            if reason:
+                return ZapReply(request.request_id, b"400", reason)
+            return ZapReply(request.request_id, b"200", _OK, username)
+        if mechanism == b"CURVE":
+            return self._decide_curve(request)
+        return ZapReply(request.request_id, b"400", b"unsupported mechanism")
+
+    def _decide_curve(self, request: ZapRequest) -> ZapReply:
+        source = self._curve.get(request.domain) or self._curve.get(b"*")
+        if source is None:
+            return ZapReply(request.request_id, b"400", b"no CURVE configuration for this domain")
+        key = request.credentials[0]
+        if source is CURVE_ALLOW_ANY:
+            cached = self._curve_cache.get(key)
+            if cached is None or cached[0] is not CURVE_ALLOW_ANY:
+                cached = (CURVE_ALLOW_ANY, z85_encode(key).encode("ascii"), b"")
+                self._remember_curve(key, cached)
+            return ZapReply(request.request_id, b"200", _OK, cached[1])
+        cert = source.lookup(key)  # type: ignore[union-attr]
+        if cert is None:
+            return ZapReply(request.request_id, b"400", b"unknown CURVE key")
+        cached = self._curve_cache.get(key)
+        if cached is None or cached[0] is not cert:
+            cached = (cert, cert.public_txt.encode("ascii"), cert_properties(cert._meta))
+            self._remember_curve(key, cached)
+        return ZapReply(request.request_id, b"200", _OK, cached[1], cached[2])
+
+    def _remember_curve(self, key: bytes, entry: tuple[object, bytes, bytes]) -> None:
+        if len(self._curve_cache) >= _CACHE_LIMIT:
+            self._curve_cache.clear()
+        self._curve_cache[key] = entry
+
+    # -- the authenticator's entry point --------------------------------------
+
+    def handle(self, frames: list[bytes]) -> list[bytes] | None:
+        """Answer one ROUTER message: ``[routing-id..., b"", request frames...]``.
+
+        Returns the reply frames to send (the same envelope, then the
+        reply), or None to drop a message that has no envelope. Never
+        raises: a malformed request gets a 400 and an internal failure a 500.
+        """
+        # One routing id when the request comes straight from libzmq; more
+        # when it crossed a proxy (RFC 27: echo the whole envelope).
+        if len(frames) > 2 and frames[1] == b"":
+            start = 2
+        else:
+            try:
+                start = frames.index(b"", 1) + 1
+            except ValueError:
+                log.warning("dropped a message without a ZAP envelope (%d frames)", len(frames))
+                return None
+        try:
+            request = ZapRequest.from_frames(frames, start)
+        except ZapError as exc:
+            request_id = b""
+            if len(frames) > start + 1 and len(frames[start + 1]) <= MAX_FIELD:
+                request_id = frames[start + 1]
+            log.warning("malformed ZAP request: %s", exc)
+            return [
+                *frames[:start],
+                ZAP_VERSION,
+                request_id,
+                exc.status,
+                str(exc).encode(),
+                b"",
+                b"",
+            ]
+        try:
+            reply = self.decide(request)
+        except Exception as exc:  # noqa: BLE001 - the handler must answer whatever happens
+            log.error(
+                "ZAP decision failed (%s: %s); answered 500 for mechanism=%s address=%s",
+                type(exc).__name__,
+                exc,
+                _show(request.mechanism),
+                _show(request.address),
+            )
+            reply = ZapReply(request.request_id, b"500", b"internal error")
+        if self.verbose:
+            _trace(request, reply)
+        if start == 2:
+            return [
+                frames[0],
+                b"",
+                ZAP_VERSION,
+                reply.request_id,
+                reply.status_code,
+                reply.status_text,
+                reply.user_id,
+                reply.metadata,
+            ]
+        return [*frames[:start], *reply.frames()]
+
+
+def _trace(request: ZapRequest, reply: ZapReply) -> None:
+    """Log a decision in CZMQ's spirit, without passwords or secret keys."""
+    mechanism = request.mechanism.decode("ascii", "replace")
+    if reply.status_text == b"address is in the deny list":
+        mechanism = "deny list"
+    elif reply.status_text == b"address not in the allow list":
+        mechanism = "allow list"
+    verdict = "ALLOWED" if reply.allowed else "DENIED"
+    detail = f"domain={_show(request.domain)} address={_show(request.address)}"
+    if request.mechanism == b"PLAIN":
+        detail += f" username={_show(request.credentials[0])}"
+    elif request.mechanism == b"CURVE":
+        detail += f" client_key={z85_encode(request.credentials[0])}"
+    reason = "" if reply.allowed else f": {reply.status_text.decode('utf-8', 'replace')}"
+    log.info("%s (%s) %s%s", verdict, mechanism, detail, reason)
+
+
+__all__ = [
+    "CURVE_ALLOW_ANY",
+    "AddressError",
+    "Policy",
+    "ZapError",
+    "ZapReply",
+    "ZapRequest",
+    "cert_properties",
+    "decode_properties",
+    "encode_properties",
+    "parse_address_rule",
+]
