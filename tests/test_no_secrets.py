@@ -1,0 +1,205 @@
+"""No password or secret key in any log record, exception message, repr or CLI output.
+
+One test drives every flow that handles a secret (certificates, stores, the
+CLI, password files, the authenticator with verbose tracing, malformed
+requests, failures) with logging captured at DEBUG on every logger, collects
+all the text zsec produced, and looks for each secret in it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+import zsec
+from zsec._passwords import PasswordFile
+from zsec._zap import Policy, ZapRequest
+from zsec.cli import main
+
+from .netutil import attempt, bind_loopback
+
+PASSWORDS = ["Pl41n-Secret-Value", "Wr0ng-Guess-Value", "Hashed-Pass-Value", "Cli-Stdin-Value"]
+
+
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.texts.append(self.format(record))
+        if record.exc_info:
+            self.texts.append(logging.Formatter().formatException(record.exc_info))
+
+
+def _secret_forms(cert: zsec.Cert) -> list[str]:
+    assert cert.secret_key is not None and cert.secret_txt is not None
+    return [cert.secret_txt, cert.secret_key.hex(), repr(cert.secret_key)[2:-1]]
+
+
+def test_no_secret_appears_anywhere(tmp_path: Path) -> None:
+    collector = _Collector()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(collector)
+    root.setLevel(logging.DEBUG)
+    texts = collector.texts
+    certs: list[zsec.Cert] = []
+
+    def expect_error(fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - collecting every message
+            texts.append(f"{type(exc).__name__}: {exc}")
+        else:
+            pytest.fail(f"{fn} did not raise")
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        # Certificates: reprs, saves, loads, refusals.
+        server_cert, client_cert = zsec.Cert(), zsec.Cert()
+        certs += [server_cert, client_cert]
+        texts += [repr(server_cert), str(client_cert), f"{client_cert!r}"]
+        server_cert.save(tmp_path / "server.key")
+        texts.append(repr(zsec.Cert.load(tmp_path / "server.key")))
+        expect_error(lambda: zsec.Cert.from_keys(client_cert.public_key, server_cert.secret_key))
+        expect_error(lambda: zsec.Cert.from_keys(server_cert.secret_txt[:39]))  # type: ignore[index]
+        bad = tmp_path / "mismatch.key"
+        bad.write_text(
+            f'curve\n    public-key = "{client_cert.public_txt}"\n'
+            f'    secret-key = "{server_cert.secret_txt}"\n'
+        )
+        expect_error(lambda: zsec.Cert.load(bad))
+
+        # The command line.
+        out, err = io.StringIO(), io.StringIO()
+        main(["makecert", str(tmp_path / "made.key"), "--batch"], stdout=out, stderr=err)
+        made = zsec.Cert.load(tmp_path / "made.key")
+        certs.append(made)
+        main(["makecert", str(tmp_path / "made.key"), "--batch"], stdout=out, stderr=err)
+        pw_file = tmp_path / "passwords.txt"
+        pw_file.write_text(f"admin={PASSWORDS[0]}\n")
+        main(
+            ["passwd", str(pw_file), "carol", "--stdin"],
+            stdin=io.StringIO(PASSWORDS[3] + "\n"),
+            stdout=out,
+            stderr=err,
+        )
+        main(
+            ["passwd", str(pw_file), "bad=name", "--stdin"],
+            stdin=io.StringIO(PASSWORDS[3] + "\n"),
+            stdout=out,
+            stderr=err,
+        )
+        texts += [out.getvalue(), err.getvalue()]
+
+        # A store with a leaked secret file and a broken file.
+        trust = tmp_path / "trust"
+        trust.mkdir(mode=0o700)
+        client_cert.save_secret(trust / "leaked.key")
+        (trust / "broken.key").write_text(f'curve\n    secret-key = "{client_cert.secret_txt}"\n')
+        with zsec.CertStore(trust) as store:
+            texts += [repr(store), *(repr(c) for c in store)]
+
+        # Password files and the pure policy, verbose.
+        passwords = PasswordFile(pw_file)
+        texts.append(repr(passwords))
+        policy = Policy(plain={"*": passwords}, verbose=True)
+        for user, password in (
+            ("admin", PASSWORDS[0]),
+            ("admin", PASSWORDS[1]),
+            ("carol", PASSWORDS[3]),
+            ("nobody", PASSWORDS[1]),
+        ):
+            frames = [
+                b"1.0",
+                b"1",
+                b"d",
+                b"127.0.0.1",
+                b"",
+                b"PLAIN",
+                user.encode(),
+                password.encode(),
+            ]
+            texts.append(repr(ZapRequest.from_frames(frames)))
+            texts.append(repr(policy.handle([b"r", b"", *frames])))
+        # Malformed requests that carry a password.
+        texts.append(
+            repr(
+                policy.handle(
+                    [
+                        b"r",
+                        b"",
+                        b"9.9",
+                        b"1",
+                        b"d",
+                        b"a",
+                        b"",
+                        b"PLAIN",
+                        b"admin",
+                        PASSWORDS[0].encode(),
+                    ]
+                )
+            )
+        )
+        texts.append(
+            repr(
+                policy.handle(
+                    [
+                        b"r",
+                        b"",
+                        b"1.0",
+                        b"1",
+                        b"d",
+                        b"a",
+                        b"",
+                        b"PLAIN",
+                        b"admin",
+                        PASSWORDS[0].encode(),
+                        b"extra",
+                    ]
+                )
+            )
+        )
+
+        # The authenticator over real sockets, verbose, every mechanism.
+        auth = zsec.Auth(ctx, verbose=True)
+        auth.configure_plain("*", pw_file)
+        store = zsec.CertStore()
+        store.insert(client_cert)
+        auth.configure_curve("curve", store)
+        auth.configure_curve("*", zsec.CURVE_ALLOW_ANY)
+        texts.append(repr(auth))
+        plain_server = ctx.socket(zmq.PULL)
+        plain_server.linger = 0
+        zsec.plain_server(plain_server)
+        plain_ep = bind_loopback(plain_server)
+        for password in PASSWORDS[:2]:
+            attempt(ctx, plain_ep, lambda s, p=password: zsec.plain_client(s, "admin", p))
+        curve_server = ctx.socket(zmq.PULL)
+        curve_server.linger = 0
+        zsec.curve_server(curve_server, server_cert, "curve")
+        curve_ep = bind_loopback(curve_server)
+        for cert in (client_cert, made):
+            attempt(ctx, curve_ep, lambda s, c=cert: zsec.curve_client(s, c, server_cert))
+        auth.stop()
+        texts.append(repr(auth))
+    finally:
+        ctx.destroy(linger=0)
+        root.removeHandler(collector)
+        root.setLevel(old_level)
+
+    everything = "\n".join(texts)
+    assert "ALLOWED (PLAIN)" in everything and "DENIED (CURVE)" in everything  # flows ran
+    assert "holds a secret key" in everything
+    for password in PASSWORDS:
+        assert password not in everything, password
+    for cert in certs:
+        for form in _secret_forms(cert):
+            assert form not in everything
