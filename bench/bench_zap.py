@@ -250,6 +250,9 @@ def main() -> None:
             if "zsec" in med and "echo" in med:
                 ratios.append(f"zsec/echo {med['zsec'] / med['echo']:.0%}")
             print(f"{mechanism:5s} {label:23s}: {line}; {'; '.join(ratios)}")
+            for kind in kinds:
+                runs = ", ".join(f"{v:,.0f}" for v in table[kind])
+                print(f"{'':30s}{kind} runs: {runs}")
         if any(refusals.values()):
             print(f"      refused (should be 0): {refusals}")
 

@@ -17,6 +17,7 @@ from ._errors import (
     ZsecError,
     ZsecTypeError,
 )
+from ._monitor import Handshake, HandshakeMonitor, HandshakeTimeout
 from ._passwords import PasswordError, PasswordFile
 from ._sockets import (
     SocketConfigError,
@@ -41,6 +42,9 @@ __all__ = [
     "CertStore",
     "CertificateError",
     "FileAccessError",
+    "Handshake",
+    "HandshakeMonitor",
+    "HandshakeTimeout",
     "KeyFormatError",
     "MetadataError",
     "PasswordError",

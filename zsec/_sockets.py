@@ -74,7 +74,7 @@ def null_server(socket: Any, domain: str = "global") -> None:
     _enforce_domain(sock, domain)
 
 
-def curve_client(socket: Any, cert: Cert, server_key: bytes | str) -> None:
+def curve_client(socket: Any, cert: Cert, server_key: bytes | str | Cert) -> None:
     """Make ``socket`` a CURVE client with ``cert``'s keys, trusting only ``server_key``.
 
     ``server_key`` is 32 raw bytes or 40 Z85 characters (or a server ``Cert``).

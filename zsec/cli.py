@@ -92,6 +92,16 @@ def _cmd_passwd(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    from ._demo import DemoFailure, run_demo
+
+    try:
+        run_demo(stdout)
+    except DemoFailure as exc:
+        raise ZsecError(str(exc)) from None
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="ZeroMQ security tools.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -143,6 +153,14 @@ def _parser() -> argparse.ArgumentParser:
         "--stdin", action="store_true", help="read the password from the first line of stdin"
     )
     passwd.set_defaults(run=_cmd_passwd)
+
+    demo = sub.add_parser(
+        "demo",
+        help="prove the five security patterns in-process, one line each",
+        description="Run Grasslands, Strawhouse, Woodhouse, Stonehouse and Ironhouse on "
+        "loopback: in each, the right client receives Hello and an intruder is refused.",
+    )
+    demo.set_defaults(run=_cmd_demo)
     return parser
 
 
