@@ -22,13 +22,6 @@ from .netutil import attempt, bind_loopback, socket
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def auth(ctx: zmq.Context[Any]) -> Iterator[zsec.Auth]:
     with zsec.Auth(ctx) as authenticator:
         yield authenticator

@@ -206,30 +206,44 @@ def _read_until(fd: int, marker: bytes, timeout: float = 20.0) -> bytes:
     return data
 
 
-def test_prompts_on_a_real_terminal(tmp_path: Path) -> None:
+def _terminal_session(
+    argv: list[str], cwd: Path, exchanges: list[tuple[bytes, bytes]], done_marker: bytes
+) -> bytes:
+    """Run ``python -m zsec argv`` on a pseudo-terminal, answering prompts; return the output."""
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "zsec", "makecert", "tty.key"],
+        [sys.executable, "-m", "zsec", *argv],
         stdin=secondary,
         stdout=secondary,
         stderr=secondary,
-        cwd=tmp_path,
+        cwd=cwd,
+        start_new_session=True,
     )
     os.close(secondary)
     try:
         transcript = b""
-        for prompt, answer in (
-            (b"full name: ", b"Tess Tty\n"),
-            (b"email address: ", b"t@example.org\n"),
-            (b"organization: ", b"Pty Ltd\n"),
-        ):
+        for prompt, answer in exchanges:
             transcript += _read_until(primary, prompt)
             os.write(primary, answer)
-        transcript += _read_until(primary, b"keep it private")
+        transcript += _read_until(primary, done_marker)
         assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
         os.close(primary)
+    return transcript
+
+
+def test_prompts_on_a_real_terminal(tmp_path: Path) -> None:
+    transcript = _terminal_session(
+        ["makecert", "tty.key"],
+        tmp_path,
+        [
+            (b"full name: ", b"Tess Tty\n"),
+            (b"email address: ", b"t@example.org\n"),
+            (b"organization: ", b"Pty Ltd\n"),
+        ],
+        b"keep it private",
+    )
     cert = zsec.Cert.load(tmp_path / "tty.key")
     assert cert.metadata["organization"] == "Pty Ltd"
     _assert_no_secret(tmp_path / "tty.key", transcript.decode(errors="replace"))
@@ -281,26 +295,15 @@ def test_passwd_errors_are_one_line(
 
 
 def test_passwd_asks_twice_at_a_terminal_without_echo(tmp_path: Path) -> None:
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zsec", "passwd", "p.txt", "carol"],
-        stdin=secondary,
-        stdout=secondary,
-        stderr=secondary,
-        cwd=tmp_path,
-        start_new_session=True,
+    transcript = _terminal_session(
+        ["passwd", "p.txt", "carol"],
+        tmp_path,
+        [
+            (b"New password for carol: ", b"tty-pass-1\n"),
+            (b"Repeat the password: ", b"tty-pass-1\n"),
+        ],
+        b"file mode 0600",
     )
-    os.close(secondary)
-    try:
-        transcript = _read_until(primary, b"New password for carol: ")
-        os.write(primary, b"tty-pass-1\n")
-        transcript += _read_until(primary, b"Repeat the password: ")
-        os.write(primary, b"tty-pass-1\n")
-        transcript += _read_until(primary, b"file mode 0600")
-        assert proc.wait(timeout=30) == 0
-    finally:
-        proc.kill()
-        os.close(primary)
     assert b"tty-pass-1" not in transcript  # never echoed
     from zsec._passwords import PasswordFile
 

@@ -510,3 +510,27 @@ def test_no_password_in_logs(
     assert "ALLOWED (PLAIN)" in caplog.text and "DENIED (PLAIN)" in caplog.text
     assert "username=admin" in caplog.text
     assert "secret" not in caplog.text and "wrong-guess" not in caplog.text
+
+
+def test_an_empty_domain_configuration_does_not_fall_back_to_star(tmp_path: Path) -> None:
+    # Regression: an empty store or password file is falsy; the domain's own
+    # (empty) configuration must decide, not "*".
+    everyone = zsec.CertStore()
+    everyone.insert(zsec.Cert.from_keys(KEY_A))
+    admins = zsec.CertStore()  # every admin revoked
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    users = tmp_path / "users.txt"
+    users.write_bytes(b"admin=secret\n")
+    policy = Policy(
+        curve={"*": everyone, "admin": admins},
+        plain={"*": PasswordFile(users), "admin": PasswordFile(empty)},
+    )
+    assert decide(policy, req(b"CURVE", KEY_A, domain=b"global")).allowed
+    assert not decide(policy, req(b"CURVE", KEY_A, domain=b"admin")).allowed
+    assert decide(policy, req(b"PLAIN", b"admin", b"secret", domain=b"global")).allowed
+    assert not decide(policy, req(b"PLAIN", b"admin", b"secret", domain=b"admin")).allowed
+    # ... and the empty file is still watched: once filled, its users get in.
+    empty.write_bytes(b"root=toor\n")
+    policy.plain["admin"].reload()
+    assert decide(policy, req(b"PLAIN", b"root", b"toor", domain=b"admin")).allowed

@@ -28,6 +28,7 @@ from ._sockets import (
     plain_server,
 )
 from ._store import CertStore, StoreChange
+from ._throttle import FailureLimiter, LimitError
 from ._zap import CURVE_ALLOW_ANY, AddressError, Policy, ZapError, ZapReply, ZapRequest
 
 __version__ = "0.1.0"
@@ -41,11 +42,13 @@ __all__ = [
     "Cert",
     "CertStore",
     "CertificateError",
+    "FailureLimiter",
     "FileAccessError",
     "Handshake",
     "HandshakeMonitor",
     "HandshakeTimeout",
     "KeyFormatError",
+    "LimitError",
     "MetadataError",
     "PasswordError",
     "PasswordFile",

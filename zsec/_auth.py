@@ -18,6 +18,7 @@ import zmq
 from ._errors import ZsecError, ZsecTypeError
 from ._passwords import PasswordFile
 from ._store import CertStore
+from ._throttle import FailureLimiter
 from ._zap import CURVE_ALLOW_ANY, MAX_FIELD, Policy, _AllowAny, parse_address_rule
 
 log = logging.getLogger("zsec.auth")
@@ -71,6 +72,8 @@ class Auth:
         self._token = secrets.token_bytes(16)
         socket = self._ctx.socket(zmq.ROUTER)
         socket.linger = 0
+        # Wake up now and then when idle, to end bans that have run out.
+        socket.rcvtimeo = 1000
         try:
             socket.bind(ZAP_ENDPOINT)
         except zmq.ZMQError as exc:
@@ -101,6 +104,10 @@ class Auth:
                     reply = self._policy.handle(frames)
                     if reply is not None:
                         send(reply)
+                except zmq.Again:
+                    limiter = self._policy.limiter
+                    if limiter is not None:
+                        limiter.sweep()
                 except zmq.ContextTerminated:
                     log.warning("zmq context terminated: authenticator stopped")
                     return
@@ -141,24 +148,38 @@ class Auth:
         """Turn the decision trace on or off (CZMQ's VERBOSE)."""
         self.verbose = value
 
+    def set_failure_limit(
+        self, max_failures: int | None = 5, window: float = 60.0, ban: float = 300.0
+    ) -> None:
+        """Ban an address for ``ban`` seconds after ``max_failures`` refusals within ``window``.
+
+        Off by default; ``set_failure_limit(None)`` turns it off again. A
+        banned address is refused before its credentials are checked, so
+        the right password does not get in during a ban. Each ban's start
+        and end is logged (WARNING, ``zsec.auth``). Counting is per IP
+        address: clients behind one NAT share a count.
+        """
+        limiter = None if max_failures is None else FailureLimiter(max_failures, window, ban)
+        self._update(limiter=limiter)
+
     def allow(self, *addresses: str) -> None:
         """Admit only these addresses (IPs or CIDR networks); overrides ``deny``.
 
         An IPv4 rule also matches the IPv4-mapped IPv6 form of the address.
         """
-        rules = tuple(parse_address_rule(a) for a in addresses)
-        with self._lock:
-            self._check_running()
-            self._policy = self._policy.replace(allow=self._policy.allow + rules)
-        log.debug("allowing %s", ", ".join(str(r) for r in rules))
+        self._add_rules("allow", addresses)
 
     def deny(self, *addresses: str) -> None:
         """Refuse these addresses (IPs or CIDR networks), unless an allow list is set."""
+        self._add_rules("deny", addresses)
+
+    def _add_rules(self, which: str, addresses: tuple[str, ...]) -> None:
         rules = tuple(parse_address_rule(a) for a in addresses)
         with self._lock:
             self._check_running()
-            self._policy = self._policy.replace(deny=self._policy.deny + rules)
-        log.debug("denying %s", ", ".join(str(r) for r in rules))
+            current = getattr(self._policy, which)
+            self._policy = self._policy.replace(**{which: current + rules})
+        log.debug("%s %s", which, ", ".join(str(r) for r in rules))
 
     def configure_plain(self, domain: str, filename: Any) -> None:
         """Check PLAIN logins in ``domain`` (``"*"``: every domain without its own) against a file.

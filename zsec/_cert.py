@@ -35,35 +35,25 @@ _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # wherever both apply (a property test checks it).
 _Z85_40 = r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}"
 _SKIP_LINES = r"(?:[ ]*#[^\n]*\n|[ \t]*\n)*"
-_FAST_CERT = re.compile(
-    _SKIP_LINES
-    + r"metadata[ \t]*\n"
-    + r"((?:    [A-Za-z0-9$\-_@.&+/]+ = \"[^\"\n]*\"[ \t]*\n)*)"
-    + r"curve[ \t]*\n"
+_META_LINE = r"    ([A-Za-z0-9$\-_@.&+/]+) = \"([^\"\n]*)\"[ \t]*\n"
+_CURVE_SECTION = (
+    r"curve[ \t]*\n"
     + r"    public-key = \"("
     + _Z85_40
-    + r")\"[ \t]*\n"
-    + r"(?:    secret-key = \"("
+    + r")\"[ \t]*\n(?:    secret-key = \"("
     + _Z85_40
     + r")\"[ \t]*\n)?"
     + _SKIP_LINES
 )
-_FAST_META = re.compile(r"    ([A-Za-z0-9$\-_@.&+/]+) = \"([^\"\n]*)\"")
+_FAST_CERT = re.compile(
+    _SKIP_LINES + r"metadata[ \t]*\n((?:" + _META_LINE.replace("(", "(?:") + r")*)" + _CURVE_SECTION
+)
+_FAST_META = re.compile(_META_LINE)
 # The same layout with up to 8 metadata lines captured directly, which saves
 # a second pass over them in the common case.
 _FAST_LINES = 8
 _FAST_CERT_8 = re.compile(
-    _SKIP_LINES
-    + r"metadata[ \t]*\n"
-    + r"(?:    ([A-Za-z0-9$\-_@.&+/]+) = \"([^\"\n]*)\"[ \t]*\n)?" * _FAST_LINES
-    + r"curve[ \t]*\n"
-    + r"    public-key = \"("
-    + _Z85_40
-    + r")\"[ \t]*\n"
-    + r"(?:    secret-key = \"("
-    + _Z85_40
-    + r")\"[ \t]*\n)?"
-    + _SKIP_LINES
+    _SKIP_LINES + r"metadata[ \t]*\n" + f"(?:{_META_LINE})?" * _FAST_LINES + _CURVE_SECTION
 )
 
 _PUBLIC_BANNER = (

@@ -354,7 +354,17 @@ class CertStore:
         except OSError:
             current = None
         if current == self._root_id and self._observer is not None:
-            return True
+            if self._observer.is_alive():
+                return True
+            # The watcher died (it should not): without it changes would go
+            # unseen, so start a new one and rescan what it may have missed.
+            log.warning(
+                "watcher for %s stopped unexpectedly; restarting it and rescanning", self._root
+            )
+            self._stop_observer()
+            self._start_observer()
+            self._full_scan()
+            return False
         if self._root_id is not None:
             self._root_gone()
         if current is not None:

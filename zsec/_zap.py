@@ -9,6 +9,7 @@ few dictionary lookups.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import struct
@@ -21,6 +22,7 @@ from ._keys import KEY_BYTES, z85_encode
 if TYPE_CHECKING:
     from ._passwords import PasswordFile
     from ._store import CertStore
+    from ._throttle import FailureLimiter
 
 log = logging.getLogger("zsec.auth")
 
@@ -252,6 +254,13 @@ def _peer_ip(address: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
     return ip
 
 
+@functools.lru_cache(maxsize=4096)
+def limit_key(address: bytes) -> bytes:
+    """The key failures count under: the canonical IP (IPv4-mapped as IPv4), else the address."""
+    ip = _peer_ip(address)
+    return address if ip is None else str(ip).encode("ascii")
+
+
 def _matches(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, rules: tuple[Network, ...]) -> bool:
     return any(ip.version == net.version and ip in net for net in rules)
 
@@ -266,6 +275,7 @@ def _show(value: bytes, limit: int = 64) -> str:
 # -- the policy --------------------------------------------------------------------
 
 _OK = b"OK"
+BANNED = b"address banned after repeated failures"
 _CACHE_LIMIT = 10_000
 
 
@@ -274,7 +284,9 @@ class Policy:
 
     ``plain`` and ``curve`` map a domain (``"*"`` for every domain without
     its own entry) to a ``PasswordFile`` and to a ``CertStore`` or
-    ``CURVE_ALLOW_ANY``. Change it by making a new one with ``replace``.
+    ``CURVE_ALLOW_ANY``. An optional ``limiter`` bans addresses that fail
+    too often (``handle`` records the failures). Change it by making a new
+    one with ``replace``.
     """
 
     __slots__ = (
@@ -285,6 +297,7 @@ class Policy:
         "allow",
         "curve",
         "deny",
+        "limiter",
         "plain",
         "verbose",
     )
@@ -297,6 +310,7 @@ class Policy:
         plain: Mapping[str, PasswordFile] | None = None,
         curve: Mapping[str, CertStore | _AllowAny] | None = None,
         verbose: bool = False,
+        limiter: FailureLimiter | None = None,
     ) -> None:
         put = object.__setattr__
         put(self, "allow", tuple(parse_address_rule(r) for r in allow))
@@ -304,6 +318,7 @@ class Policy:
         put(self, "plain", dict(plain or {}))
         put(self, "curve", dict(curve or {}))
         put(self, "verbose", bool(verbose))
+        put(self, "limiter", limiter)
         # Byte-keyed views for the request path, and caches of derived answers
         # (valid for this policy only, since a new policy starts empty).
         put(self, "_plain", {k.encode(): v for k, v in self.plain.items()})
@@ -319,6 +334,7 @@ class Policy:
             "plain": self.plain,
             "curve": self.curve,
             "verbose": self.verbose,
+            "limiter": self.limiter,
         }
         fields.update(changes)
         return Policy(**fields)
@@ -328,6 +344,7 @@ class Policy:
     plain: dict[str, PasswordFile]
     curve: dict[str, CertStore | _AllowAny]
     verbose: bool
+    limiter: FailureLimiter | None
     _plain: dict[bytes, PasswordFile]
     _curve: dict[bytes, CertStore | _AllowAny]
     _address_cache: dict[bytes, bytes]
@@ -363,6 +380,10 @@ class Policy:
 
     def decide(self, request: ZapRequest) -> ZapReply:
         """Answer a validated request: 200 with a User-Id and metadata, or 400 with a reason."""
+        if self.limiter is not None and self.limiter.is_banned(limit_key(request.address)):
+            # Refused before any credential is looked at: the right password
+            # does not get through a ban either.
+            return ZapReply(request.request_id, b"400", BANNED)
         refused = self.address_verdict(request.address)
         if refused:
             return ZapReply(request.request_id, b"400", refused)
@@ -370,7 +391,11 @@ class Policy:
         if mechanism == b"NULL":
             return ZapReply(request.request_id, b"200", _OK, NULL_USER_ID)
         if mechanism == b"PLAIN":
-            passwords = self._plain.get(request.domain) or self._plain.get(b"*")
+            # "is None", not "or": an empty store or password file is still this
+            # domain's configuration and must not hand the decision to "*".
+            passwords = self._plain.get(request.domain)
+            if passwords is None:
+                passwords = self._plain.get(b"*")
             if passwords is None:
                 return ZapReply(request.request_id, b"400", b"no PLAIN passwords for this domain")
             username, password = request.credentials
@@ -383,7 +408,9 @@ class Policy:
         return ZapReply(request.request_id, b"400", b"unsupported mechanism")
 
     def _decide_curve(self, request: ZapRequest) -> ZapReply:
-        source = self._curve.get(request.domain) or self._curve.get(b"*")
+        source = self._curve.get(request.domain)
+        if source is None:
+            source = self._curve.get(b"*")
         if source is None:
             return ZapReply(request.request_id, b"400", b"no CURVE configuration for this domain")
         key = request.credentials[0]
@@ -453,6 +480,12 @@ class Policy:
                 _show(request.address),
             )
             reply = ZapReply(request.request_id, b"500", b"internal error")
+        if (
+            self.limiter is not None
+            and reply.status_code == b"400"
+            and reply.status_text is not BANNED
+        ):
+            self.limiter.failed(limit_key(request.address))
         if self.verbose:
             _trace(request, reply)
         if start == 2:
@@ -472,7 +505,9 @@ class Policy:
 def _trace(request: ZapRequest, reply: ZapReply) -> None:
     """Log a decision in CZMQ's spirit, without passwords or secret keys."""
     mechanism = request.mechanism.decode("ascii", "replace")
-    if reply.status_text == b"address is in the deny list":
+    if reply.status_text is BANNED:
+        mechanism = "banned"
+    elif reply.status_text == b"address is in the deny list":
         mechanism = "deny list"
     elif reply.status_text == b"address not in the allow list":
         mechanism = "allow list"

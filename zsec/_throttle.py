@@ -1,0 +1,116 @@
+"""FailureLimiter: ban an address that fails authentication too often (brute-force throttling).
+
+ZMTP's security notes recommend limiting failed attempts. Counting is per
+peer address over a sliding window; a banned address is refused before its
+credentials are looked at, so even the right password does not get in until
+the ban ends. Time comes from an injectable clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ._errors import ZsecError, ZsecTypeError
+
+log = logging.getLogger("zsec.auth")
+
+#: Most addresses tracked at once; beyond it the oldest records are dropped.
+MAX_TRACKED = 100_000
+
+
+class LimitError(ZsecError, ValueError):
+    """A failure-limit setting is out of range."""
+
+
+class FailureLimiter:
+    """Refuse an address for ``ban`` seconds after ``max_failures`` failures within ``window``."""
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window: float = 60.0,
+        ban: float = 300.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(max_failures, int) or isinstance(max_failures, bool):
+            raise ZsecTypeError("max_failures must be an int")
+        if max_failures < 1:
+            raise LimitError("max_failures must be at least 1")
+        if not window > 0 or not ban > 0:
+            raise LimitError("window and ban must be positive numbers of seconds")
+        self.max_failures = max_failures
+        self.window = float(window)
+        self.ban = float(ban)
+        self._clock = clock
+        self._failures: dict[bytes, deque[float]] = {}
+        self._banned: dict[bytes, float] = {}
+        self._next_sweep = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"<FailureLimiter {self.max_failures} failures / {self.window:g}s -> "
+            f"ban {self.ban:g}s; banned={len(self._banned)}>"
+        )
+
+    def is_banned(self, address: bytes) -> bool:
+        """True while ``address`` is banned; notices (and logs) a ban that has ended."""
+        until = self._banned.get(address)
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        self._end(address)
+        return False
+
+    def failed(self, address: bytes) -> None:
+        """Record one failed attempt; starts a ban when the limit is reached."""
+        now = self._clock()
+        attempts = self._failures.get(address)
+        if attempts is None:
+            if len(self._failures) >= MAX_TRACKED:
+                self._failures.pop(next(iter(self._failures)))
+            attempts = self._failures[address] = deque()
+        attempts.append(now)
+        while attempts and attempts[0] <= now - self.window:
+            attempts.popleft()
+        if len(attempts) >= self.max_failures:
+            del self._failures[address]
+            self._banned[address] = now + self.ban
+            log.warning(
+                "banning address %s for %gs after %d failed attempts within %gs",
+                _show(address),
+                self.ban,
+                self.max_failures,
+                self.window,
+            )
+        if now >= self._next_sweep:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Forget stale failures and end expired bans (each end is logged)."""
+        now = self._clock()
+        self._next_sweep = now + min(self.window, 1.0)
+        for address in [a for a, until in self._banned.items() if until <= now]:
+            self._end(address)
+        for address in [
+            a for a, q in self._failures.items() if not q or q[-1] <= now - self.window
+        ]:
+            del self._failures[address]
+
+    @property
+    def banned(self) -> list[bytes]:
+        """Addresses banned right now."""
+        now = self._clock()
+        return [a for a, until in list(self._banned.items()) if until > now]
+
+    def _end(self, address: bytes) -> None:
+        if self._banned.pop(address, None) is not None:
+            log.warning("ban on address %s ended", _show(address))
+
+
+def _show(address: bytes) -> str:
+    return address[:64].decode("ascii", "backslashreplace")
