@@ -374,3 +374,8 @@ def test_concurrent_configuration_and_traffic(ctx: zmq.Context[Any], auth: zsec.
         assert attempt(ctx, endpoint, lambda s: None)[0].ok
     thread.join()
     assert errors == [] and len(auth.policy.deny) == 200
+
+
+def test_a_new_authenticator_can_bind_right_after_stop(ctx: zmq.Context[Any]) -> None:
+    for _ in range(50):
+        zsec.Auth(ctx).stop()  # the endpoint is free when stop() returns

@@ -265,7 +265,12 @@ def test_passwd_from_stdin_adds_then_replaces(tmp_path: Path) -> None:
     text = path.read_text()
     assert text.startswith("# team\nbob=plain-text\nalice=$argon2id$")
     assert "s3cret!" not in text + out and "n3w-one" not in text + out
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # An existing file keeps group read (a service may read it through its
+    # group) but loses anything for others; a new file is 0600.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    fresh = tmp_path / "fresh.txt"
+    assert _run(["passwd", str(fresh), "x", "--stdin"], io.StringIO("pw\n"))[0] == 0
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
     passwords = PasswordFile(path)
     assert passwords.check(b"alice", b"n3w-one") == b""
     assert passwords.check(b"alice", b"s3cret!") == b"wrong password"
@@ -308,3 +313,13 @@ def test_passwd_asks_twice_at_a_terminal_without_echo(tmp_path: Path) -> None:
     from zsec._passwords import PasswordFile
 
     assert PasswordFile(tmp_path / "p.txt").check(b"carol", b"tty-pass-1") == b""
+
+
+def test_passwd_takes_any_bytes_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    code, out, err = _run(["passwd", str(path), "alice", "--stdin"], io.StringIO("caf\udce9\n"))
+    assert "caf" not in out + err
+    assert code == 0, err
+    from zsec._passwords import PasswordFile
+
+    assert PasswordFile(path).check(b"alice", b"caf\xe9") == b""

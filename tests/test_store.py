@@ -541,3 +541,89 @@ def test_lookup_is_a_dict_hit(store_dir: Path) -> None:
 def test_overflow_listener_is_attached() -> None:
     logger = logging.getLogger("watchdog.observers.inotify_c")
     assert any(isinstance(f, _store._OverflowListener) for f in logger.filters)
+
+
+# -- review regressions: skipped names, symlinks, lost events ------------------------
+
+
+@pytest.mark.parametrize("new_name", [".disabled", "retired~", "old_secret"])
+def test_directory_renamed_to_a_skipped_name_is_revoked_for_good(
+    live: zsec.CertStore, store_dir: Path, new_name: str
+) -> None:
+    sub = store_dir / "team"
+    sub.mkdir(mode=0o700)
+    cert = _cert()
+    _write_public(sub / "member.key", cert)
+    wait_for(lambda: cert.public_key in live)
+    os.rename(sub, store_dir / new_name)
+    wait_for(lambda: cert.public_key not in live, what="revoked by the rename")
+    marker = _cert()
+    _write_public(store_dir / "marker.key", marker)
+    wait_for(lambda: marker.public_key in live)
+    assert cert.public_key not in live  # and it does not come back
+    live.reload()
+    assert cert.public_key not in live
+
+
+def test_symlinked_certificates_follow_their_target(store_dir: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir(mode=0o700)
+    first, second = _cert(), _cert()
+    _write_public(outside / "target.key", first)
+    os.symlink(outside / "target.key", store_dir / "linked.key")
+    with zsec.CertStore(store_dir) as store:
+        assert first.public_key in store
+        tmp = outside / ".new"
+        _write_public(tmp, second)
+        os.replace(tmp, outside / "target.key")  # no event in the store's directory
+        wait_for(lambda: second.public_key in store and first.public_key not in store)
+        (outside / "target.key").chmod(0o666)
+        wait_for(lambda: second.public_key not in store, what="world-writable target refused")
+        (outside / "target.key").chmod(0o644)
+        wait_for(lambda: second.public_key in store)
+        (outside / "target.key").unlink()
+        wait_for(lambda: second.public_key not in store, what="dangling link revoked")
+
+
+def test_a_symlink_into_an_unsafe_directory_is_refused(
+    store_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    cert = _cert()
+    _write_public(shared / "c.key", cert)
+    (shared / "c.key").chmod(0o644)
+    os.symlink(shared / "c.key", store_dir / "c.key")
+    with zsec.CertStore(store_dir) as store:
+        assert cert.public_key not in store
+        assert "link's target directory is refused" in caplog.text
+    with zsec.CertStore(store_dir, strict=False) as lax:
+        assert cert.public_key in lax
+
+
+def test_the_audit_catches_events_that_were_lost(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept, dropped = _cert(), _cert()
+    _write_public(store_dir / "kept.key", kept)
+    _write_public(store_dir / "dropped.key", dropped)
+    with zsec.CertStore(store_dir, audit_interval=0.2) as store:
+        assert store.observer_kind == "native"
+        # From now on every file event is lost, as in an inotify overflow.
+        monkeypatch.setattr(_store._Handler, "dispatch", lambda self, event: None)
+        added = _cert()
+        _write_public(store_dir / "added.key", added)
+        (store_dir / "dropped.key").unlink()
+        replacement = _cert()
+        _write_public(store_dir / ".tmp", replacement)
+        os.replace(store_dir / ".tmp", store_dir / "kept.key")
+        wait_for(
+            lambda: (
+                added.public_key in store
+                and dropped.public_key not in store
+                and replacement.public_key in store
+                and kept.public_key not in store
+            ),
+            what="the audit reconciling names and inodes",
+        )

@@ -13,6 +13,7 @@ import zsec
 from zsec._throttle import MAX_TRACKED
 from zsec._zap import BANNED, Policy
 
+from .conftest import wait_for
 from .netutil import attempt, bind_loopback
 
 
@@ -158,3 +159,47 @@ def test_over_sockets_off_by_default_then_on_then_off(
         assert "banning address 127.0.0.1" in caplog.text
         auth.set_failure_limit(None)
         assert login("right").ok
+
+
+def test_after_a_ban_a_new_connection_gets_in(ctx: zmq.Context[Any], tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("admin=right\n")
+    with zsec.Auth(ctx) as auth:
+        auth.configure_plain("*", path)
+        auth.set_failure_limit(max_failures=1, window=60.0, ban=0.5)
+        server = ctx.socket(zmq.PULL)
+        server.linger = 0
+        zsec.plain_server(server)
+        endpoint = bind_loopback(server)
+
+        def login(password: str) -> zsec.Handshake:
+            return attempt(ctx, endpoint, lambda s: zsec.plain_client(s, "admin", password))[0]
+
+        assert login("wrong").zap_status == 400  # the ban starts
+        assert login("right").zap_status == 400
+        # No sleeping: retry until the ban has run out (it is half a second).
+        wait_for(lambda: login("right").ok, timeout=10, what="admitted once the ban ended")
+
+
+def test_only_client_faults_count(tmp_path: Path) -> None:
+    clock = Clock()
+    limiter = zsec.FailureLimiter(2, 60, 60, clock=clock)
+    missing = tmp_path / "gone.txt"
+    missing.write_text("admin=right\n")
+    passwords = zsec.PasswordFile(missing)
+    missing.unlink()  # the server's problem, not the client's
+    policy = Policy(plain={"*": passwords}, limiter=limiter)
+    for _ in range(5):
+        assert status(policy, plain(b"admin", b"right")) == (b"400", b"password file unavailable")
+    assert limiter.banned == []
+
+
+def test_ipv6_failures_count_per_64_prefix() -> None:
+    clock = Clock()
+    limiter = zsec.FailureLimiter(3, 60, 60, clock=clock)
+    policy = Policy(curve={"*": zsec.CertStore()}, limiter=limiter)
+    for host in (b"2001:db8:1:2::1", b"2001:db8:1:2::2", b"2001:db8:1:2:ffff::9"):
+        status(policy, [b"r", b"", b"1.0", b"1", b"d", host, b"", b"CURVE", bytes(32)])
+    assert limiter.banned == [b"2001:db8:1:2::/64"]
+    other = [b"r", b"", b"1.0", b"1", b"d", b"2001:db8:1:3::1", b"", b"NULL"]
+    assert status(policy, other)[0] == b"200"

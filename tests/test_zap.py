@@ -111,7 +111,7 @@ def test_handle_always_answers_or_drops(frames: list[bytes]) -> None:
     reply = policy.handle([b"rid", b"", *frames])
     assert reply is not None and len(reply) == 8
     assert reply[:3] == [b"rid", b"", b"1.0"]
-    assert reply[4] in (b"200", b"400", b"500")
+    assert reply[4] in (b"200", b"300", b"400", b"500")
     if reply[4] == b"200":
         assert reply[6]  # never an empty User-Id
 
@@ -139,6 +139,8 @@ def test_handle_always_answers_or_drops(frames: list[bytes]) -> None:
         (("127.0.0.1",), (), b"localhost:0:0:1234", False),  # an IPC peer matches no rule
         ((), ("127.0.0.1",), b"localhost:0:0:1234", True),
         ((), ("fe80::/10",), b"fe80::1%eth0", False),
+        ((), ("::/0",), b"::ffff:10.1.2.3", False),  # IPv6 rules see the mapped form too
+        (("::ffff:0:0/96",), (), b"::ffff:10.1.2.3", True),
         (("127.0.0.1",), (), b"\xff\xfe garbage", False),
     ],
 )
@@ -432,11 +434,15 @@ def _fast_hash(password: bytes) -> bytes:
 def test_hashed_entries(tmp_path: Path) -> None:
     path = tmp_path / "hashed.txt"
     path.write_bytes(b"# users\nplain=old\n")
+    path.chmod(0o604)  # others may read it now; after an update they may not
     assert set_password(str(path), b"alice", b"correct horse", hasher=_fast_hash) is False
     assert set_password(str(path), b"plain", b"new", hasher=_fast_hash) is True
     text = path.read_bytes()
     assert text.startswith(b"# users\nplain=$argon2id$") and b"correct horse" not in text
     assert (path.stat().st_mode & 0o777) == 0o600
+    path.chmod(0o640)  # group read is kept (a service may read through its group)
+    set_password(str(path), b"plain", b"new", hasher=_fast_hash)
+    assert (path.stat().st_mode & 0o777) == 0o640
     passwords = PasswordFile(path)
     assert passwords.check(b"alice", b"correct horse") == b""
     assert passwords.check(b"alice", b"correct horse") == b""  # remembered, no second argon2
@@ -534,3 +540,65 @@ def test_an_empty_domain_configuration_does_not_fall_back_to_star(tmp_path: Path
     empty.write_bytes(b"root=toor\n")
     policy.plain["admin"].reload()
     assert decide(policy, req(b"PLAIN", b"root", b"toor", domain=b"admin")).allowed
+
+
+# -- review regressions ----------------------------------------------------------------
+
+
+def test_a_reload_during_a_hash_check_cannot_poison_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zsec import _passwords
+
+    path = tmp_path / "p.txt"
+    set_password(str(path), b"alice", b"leaked-old", hasher=_fast_hash)
+    passwords = PasswordFile(path)
+    real_verify = _passwords._verify_hash
+
+    def verify_while_the_file_rotates(entry: bytes, password: bytes) -> bool:
+        # The operator rotates the password while argon2 runs for the old one.
+        set_password(str(path), b"alice", b"fresh-new", hasher=_fast_hash)
+        passwords.reload()
+        return real_verify(entry, password)
+
+    monkeypatch.setattr(_passwords, "_verify_hash", verify_while_the_file_rotates)
+    assert passwords.check(b"alice", b"leaked-old") == b""  # right for the file it started with
+    monkeypatch.setattr(_passwords, "_verify_hash", real_verify)
+    assert passwords.check(b"alice", b"leaked-old") == b"wrong password"
+    assert passwords.check(b"alice", b"fresh-new") == b""
+
+
+def test_unknown_users_cost_a_hash_check_when_the_file_has_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zsec import _passwords
+
+    path = tmp_path / "p.txt"
+    set_password(str(path), b"alice", b"pw", hasher=_fast_hash)
+    passwords = PasswordFile(path)
+    calls: list[bytes] = []
+    monkeypatch.setattr(_passwords, "_verify_hash", lambda entry, pw: calls.append(pw) or False)
+    assert passwords.check(b"nobody", b"guess") == b"unknown user"
+    assert passwords.check(b"alice", b"guess") == b"wrong password"
+    assert calls == [b"guess", b"guess"]  # same work either way: no user enumeration
+
+
+def test_a_metadata_name_too_long_for_zmtp_is_left_out(tmp_path: Path) -> None:
+    long_name = "x" * 300
+    (tmp_path / "c.key").write_text(
+        f'metadata\n    {long_name} = "v"\n    name = "ok"\n'
+        f'curve\n    public-key = "{zsec.Cert.from_keys(KEY_A).public_txt}"\n'
+    )
+    tmp_path.chmod(0o700)
+    with zsec.CertStore(tmp_path) as store:
+        reply = decide(Policy(curve={"*": store}), req(b"CURVE", KEY_A))
+    assert reply.status_code == b"200"
+    assert decode_properties(reply.metadata) == {"name": b"ok"}
+
+
+def test_zpl_errors_do_not_quote_the_file() -> None:
+    for text, kind in (("name%value\n", "punctuation"), ("\x07bell = 1\n", "control")):
+        with pytest.raises(zsec.ZplError) as info:
+            zsec._zpl.loads(text)
+        assert kind in str(info.value)
+        assert text[0] not in str(info.value) or text[0] == "n"

@@ -175,7 +175,12 @@ def test_format_value_prefers_czmq_double_quotes() -> None:
 
 
 _names = st.from_regex(r"[A-Za-z0-9$\-_@.&+]{1,12}", fullmatch=True)
-_values = st.one_of(st.none(), st.text(st.characters(exclude_characters="\r\n"), max_size=20))
+_values = st.one_of(
+    st.none(),
+    st.text(st.characters(exclude_characters="\r\n"), max_size=20).filter(
+        lambda v: not _unwritable(v)
+    ),
+)
 
 
 @st.composite
@@ -188,9 +193,6 @@ def _trees(draw: st.DrawFn, depth: int = 0) -> _zpl.ZplNode:
 
 @given(st.lists(_trees(), max_size=4))
 def test_dumps_then_loads_round_trips(children: list[_zpl.ZplNode]) -> None:
-    for node in [n for c in children for n in [c, *c.walk()]]:
-        if node.value is not None and _unwritable(node.value):
-            node.value = "x"
     root = _zpl.ZplNode("root", None, children)
     back = loads(dumps(root, ["   header"]))
 

@@ -7,6 +7,7 @@ so each is in force for the next request as soon as it returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -116,6 +117,10 @@ class Auth:
                     # worse. Keep answering: a dead handler fails open.
                     log.exception("authenticator: unexpected error, continuing")
         finally:
+            # Unbind first: close() releases the endpoint only later, and a
+            # new Auth on this context right after stop() must be able to bind.
+            with contextlib.suppress(zmq.ZMQError):
+                socket.unbind(ZAP_ENDPOINT)
             socket.close(linger=0)
             self._done.set()
 

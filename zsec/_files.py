@@ -87,6 +87,7 @@ def write_atomic(items: Sequence[tuple[str, bytes, int]]) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, mode)
+            _keep_owner(tmp, path)
         for tmp, path in staged:
             os.replace(tmp, path)
         for directory in {os.path.dirname(os.path.abspath(p)) for _, p in staged}:
@@ -104,6 +105,18 @@ def write_atomic(items: Sequence[tuple[str, bytes, int]]) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise
+
+
+def _keep_owner(tmp: str, path: str) -> None:
+    # Replacing a file must not hand it to whoever ran the command (root
+    # editing a service's password file would lock the service out).
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if hasattr(os, "chown"):
+        with contextlib.suppress(OSError):
+            os.chown(tmp, st.st_uid, st.st_gid)
 
 
 def _fsync_dir(directory: str) -> None:

@@ -9,6 +9,7 @@ login of a user after a change pays for argon2.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -93,23 +94,24 @@ class PasswordFile:
         self.path = fspath(path, "password file path")
         self._interval = float(check_interval)
         self._lock = threading.Lock()
-        self._entries: dict[bytes, bytes] = {}
-        self._verified: dict[bytes, bytes] = {}
+        # (entries, verified-password digests, a hashed entry to time decoys
+        # against), replaced as one so a check never mixes two versions.
+        self._state: tuple[dict[bytes, bytes], dict[bytes, bytes], bytes | None] = ({}, {}, None)
         self._signature: tuple[int, ...] | None = None
         self._next_check = 0.0
         self._problem = ""
         self._load(raise_errors=True)
 
     def __repr__(self) -> str:
-        return f"<PasswordFile {self.path} users={len(self._entries)}>"
+        return f"<PasswordFile {self.path} users={len(self)}>"
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._state[0])
 
     def __contains__(self, username: object) -> bool:
         if isinstance(username, str):
             username = username.encode("utf-8")
-        return username in self._entries
+        return username in self._state[0]
 
     def reload(self) -> None:
         """Read the file again now."""
@@ -121,18 +123,26 @@ class PasswordFile:
         if now >= self._next_check:
             self._next_check = now + self._interval
             self._load(raise_errors=False)
-        entry = self._entries.get(username)
+        # One snapshot for the whole check: a reload meanwhile must not let
+        # a password verified against the old file into the new file's cache.
+        entries, verified, decoy = self._state
+        entry = entries.get(username)
         given = _digest(password)
         if entry is None:
+            # An unknown user costs what a known one does, so timing does not
+            # tell which names exist: a digest compare, or a hash verify when
+            # the file holds hashes (against one of them; the result is ignored).
             hmac.compare_digest(given, _DUMMY)
+            if decoy is not None:
+                _verify_hash(decoy, password)
             return b"password file unavailable" if self._problem else b"unknown user"
         if len(entry) == _DIGEST_BYTES:
             return b"" if hmac.compare_digest(given, entry) else b"wrong password"
-        remembered = self._verified.get(username)
+        remembered = verified.get(username)
         if remembered is not None and hmac.compare_digest(given, remembered):
             return b""
         if _verify_hash(entry, password):
-            self._verified[username] = given
+            verified[username] = given
             return b""
         return b"wrong password"
 
@@ -157,7 +167,7 @@ class PasswordFile:
                         "password file %s unusable, nobody is admitted: %s", self.path, reason
                     )
                 self._problem = reason
-                self._entries, self._verified, self._signature = {}, {}, None
+                self._state, self._signature = ({}, {}, None), None
                 return
             settled = time.time() - st.st_mtime >= _SETTLE_SECONDS
             complete = settled or data.endswith(b"\n") or not data
@@ -165,7 +175,8 @@ class PasswordFile:
             if self._problem:
                 log.warning("password file %s is usable again", self.path)
             self._problem = ""
-            self._entries, self._verified = entries, {}
+            decoy = next((e for e in entries.values() if len(e) != _DIGEST_BYTES), None)
+            self._state = (entries, {}, decoy)
             # Until the file settles, keep looking: its last line may grow.
             self._signature = signature if complete else None
             log.debug("loaded %d user(s) from %s", len(entries), self.path)
@@ -244,5 +255,10 @@ def set_password(
             kept.append(line)
     if not replaced:
         kept.append(entry)
-    write_atomic([(path, b"\n".join(kept) + b"\n", SECRET_MODE)])
+    # Keep a group-readable mode if the file had one (a service reading it
+    # through its group), never anything wider.
+    mode = SECRET_MODE
+    with contextlib.suppress(OSError):
+        mode = (os.stat(path).st_mode & 0o640) | SECRET_MODE
+    write_atomic([(path, b"\n".join(kept) + b"\n", mode)])
     return replaced

@@ -13,6 +13,7 @@ import os
 import queue
 import stat
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
 # Owners a strict store accepts: this process's user and root.
 _TRUSTED_UIDS = (0, os.geteuid()) if hasattr(os, "geteuid") else (0,)
 _POLLING_SECONDS = 0.5
+_LINK_CHECK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,12 @@ class CertStore:
     ``on_change(StoreChange)`` is called from the watcher thread after each
     update. Certificates handed out by the store are read-only; ``dup()``
     gives a copy you can change.
+
+    Symlinked certificate files are followed (their targets are re-checked
+    every 0.5 s, since no file event covers them; in strict mode the
+    target's directory must be safe too); symlinked directories are not.
+    Every ``audit_interval`` seconds a listing of names and inodes catches
+    any file event the kernel dropped.
     """
 
     def __init__(
@@ -93,12 +101,14 @@ class CertStore:
         strict: bool = True,
         on_change: Callable[[StoreChange], None] | None = None,
         polling: bool = False,
+        audit_interval: float = 30.0,
     ) -> None:
         if on_change is not None and not callable(on_change):
             raise ZsecTypeError("on_change must be callable")
         self._strict = bool(strict)
         self._on_change = on_change
         self._polling = bool(polling)
+        self._audit_interval = float(audit_interval)
         self._lock = threading.RLock()
         self._snapshot: dict[bytes, Cert] = {}
         self._inserted: dict[bytes, Cert] = {}
@@ -108,6 +118,12 @@ class CertStore:
         self._bad: dict[str, str] = {}
         # Whether each directory passed the strict checks at the last look.
         self._dir_verdicts: dict[str, str | None] = {}
+        # Every eligible file's inode, for the audit that catches events the
+        # kernel dropped; and each symlink's target, which no event covers.
+        self._inodes: dict[str, int] = {}
+        self._links: dict[str, tuple[int, ...] | None] = {}
+        self._next_link_check = 0.0
+        self._next_audit = time.monotonic() + self._audit_interval
         self._closed = False
         self._root: str | None = None
         self._root_id: tuple[int, int] | None = None
@@ -338,10 +354,54 @@ class CertStore:
         changed: set[bytes] = set()
         for tree in trees:
             self._rescan_tree(tree, changed)
+        now = time.monotonic()
+        if self._links and now >= self._next_link_check:
+            self._next_link_check = now + _LINK_CHECK_SECONDS
+            for path, signature in list(self._links.items()):
+                if _target_signature(path) != signature:
+                    refresh.setdefault(path, False)
+        if now >= self._next_audit:
+            self._next_audit = now + self._audit_interval
+            if self.observer_kind == "native":
+                for path in self._audit():
+                    refresh.setdefault(path, False)
         for path, quiet in refresh.items():
             if _under(path, root):
                 self._refresh(path, changed, quiet)
         self._publish(changed)
+
+    def _audit(self) -> list[str]:
+        """Paths whose name or inode differs from what the store last saw.
+
+        A safety net for file events the kernel dropped (an inotify queue
+        overflow that watchdog reported where no one listened): a listing
+        of names and inodes, no file is read.
+        """
+        assert self._root is not None
+        found: dict[str, int] = {}
+        stack = [self._root]
+        while stack:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except OSError:
+                continue
+            for entry in entries:
+                if _skipped_name(entry.name):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        found[entry.path] = entry.inode()
+                except OSError:
+                    continue
+        known = self._inodes
+        differ = [p for p, inode in found.items() if known.get(p) != inode]
+        differ += [p for p in known if p not in found]
+        if differ:
+            # Usually events still on their way; reloading them twice is harmless.
+            log.debug("certificate store %s: audit reloads %d path(s)", self._root, len(differ))
+        return differ
 
     def _root_still_watched(self) -> bool:
         """Detect the directory vanishing or being swapped for another (no event says so)."""
@@ -382,9 +442,8 @@ class CertStore:
         self._root_id = None
         self._drain_events()
         keys = set(self._holders)
-        self._paths.clear()
-        self._holders.clear()
-        self._bad.clear()
+        for table in (self._paths, self._holders, self._bad, self._inodes, self._links):
+            table.clear()
         self._publish(keys)
 
     def _drain_events(self) -> None:
@@ -403,6 +462,7 @@ class CertStore:
         """Read the whole tree again and make the store match it exactly."""
         assert self._root is not None
         verdicts: dict[str, str | None] = {}
+        self._inodes, self._links = {}, {}
         seen = self._scan(self._root, verdicts)
         self._dir_verdicts = verdicts
         self._paths = {}
@@ -418,7 +478,11 @@ class CertStore:
         prefix = tree.rstrip(os.sep) + os.sep
         for path in [p for p in self._paths if p.startswith(prefix)]:
             changed.add(self._remove(path))
-        if not _under(tree, self._root) or not os.path.isdir(tree):
+        for table in (self._inodes, self._links, self._bad):
+            for path in [p for p in table if p.startswith(prefix)]:
+                del table[path]
+        # A directory renamed to a hidden or backup name is out of the store.
+        if not _under(tree, self._root) or not os.path.isdir(tree) or self._skipped(tree):
             return
         verdicts: dict[str, str | None] = {}
         seen = self._scan(tree, verdicts)
@@ -495,6 +559,16 @@ class CertStore:
                 # The directory passed its checks above; opening relative to
                 # it keeps to that directory even if a parent is renamed.
                 path = entry.path
+                try:
+                    self._inodes[path] = entry.inode()
+                    link = entry.is_symlink()
+                except OSError:
+                    continue
+                if link:
+                    # No event reports a change to a link's target: poll it.
+                    self._links[path] = _target_signature(path)
+                    if self._strict and self._link_problem(path, False):
+                        continue
                 data = read(path, False, name, dir_fd)
                 if data is None:
                     continue
@@ -510,20 +584,45 @@ class CertStore:
 
     def _refresh(self, path: str, changed: set[bytes], quiet: bool) -> None:
         """Re-read one file after an event and update the indexes to match."""
-        assert self._root is not None
-        rel = os.path.relpath(path, self._root)
-        if any(_skipped_name(part) for part in rel.split(os.sep)):
-            return
-        if os.path.lexists(path):
-            cert = self._read(path, quiet)
-        else:
-            cert = None
+        cert = None
+        try:
+            st = None if self._skipped(path) else os.lstat(path)
+        except OSError:
+            st = None
+        if st is None or stat.S_ISDIR(st.st_mode):
             self._bad.pop(path, None)
+            self._inodes.pop(path, None)
+            self._links.pop(path, None)
+        else:
+            self._inodes[path] = st.st_ino
+            if stat.S_ISLNK(st.st_mode):
+                self._links[path] = _target_signature(path)
+                if not (self._strict and self._link_problem(path, quiet)):
+                    cert = self._read(path, quiet)
+            else:
+                self._links.pop(path, None)
+                cert = self._read(path, quiet)
         if path in self._paths:
             changed.add(self._remove(path))
         if cert is not None:
             self._add(path, cert)
             changed.add(cert.public_key)
+
+    def _skipped(self, path: str) -> bool:
+        assert self._root is not None
+        rel = os.path.relpath(path, self._root)
+        return any(_skipped_name(part) for part in rel.split(os.sep) if part != ".")
+
+    def _link_problem(self, path: str, quiet: bool) -> bool:
+        """Strict mode: a link's target must sit in a directory as safe as the store's."""
+        target_dir = os.path.dirname(os.path.realpath(path))
+        try:
+            problem = _mode_problem(os.stat(target_dir), target_dir, "directory")
+        except OSError as exc:
+            problem = f"cannot stat {target_dir}: {exc.strerror}"
+        if problem is not None and not quiet:
+            self._report(path, f"the link's target directory is refused: {problem}")
+        return problem is not None
 
     def _read(self, path: str, quiet: bool) -> Cert | None:
         """Check the file's directories, then load it as ``_load_file`` does."""
@@ -724,6 +823,15 @@ class CertStore:
             self._on_change(change)
         except Exception:
             log.exception("certificate store on_change callback failed")
+
+
+def _target_signature(path: str) -> tuple[int, ...] | None:
+    """What identifies a symlink target's content and permissions, or None if unreachable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mode, st.st_uid)
 
 
 def _under(path: str, root: str) -> bool:

@@ -79,6 +79,8 @@ class FailureLimiter:
             attempts.popleft()
         if len(attempts) >= self.max_failures:
             del self._failures[address]
+            if len(self._banned) >= MAX_TRACKED:
+                self._end(next(iter(self._banned)))  # the oldest ban ends early
             self._banned[address] = now + self.ban
             log.warning(
                 "banning address %s for %gs after %d failed attempts within %gs",

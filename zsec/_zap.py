@@ -205,9 +205,17 @@ def decode_properties(data: bytes) -> dict[str, bytes]:
 
 
 def cert_properties(meta: Mapping[str, str]) -> bytes:
-    """Encode certificate metadata as ZAP metadata, leaving out libzmq's reserved names."""
+    """Encode certificate metadata as ZAP metadata.
+
+    Leaves out libzmq's reserved names and names over 255 bytes (a file may
+    hold them; a ZMTP property cannot), so such a certificate still works.
+    """
     return encode_properties(
-        {name: value for name, value in meta.items() if name.lower() not in RESERVED_PROPERTIES}
+        {
+            name: value
+            for name, value in meta.items()
+            if len(name) <= 255 and name.lower() not in RESERVED_PROPERTIES
+        }
     )
 
 
@@ -243,26 +251,38 @@ class AddressError(ZsecError, ValueError):
     """An allow/deny rule is not an IP address or CIDR network."""
 
 
-def _peer_ip(address: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _peer_ip(address: bytes) -> tuple[IP, ...] | None:
+    """The peer's IP, plus its IPv4 form first when it is IPv4-mapped; None for non-IP peers."""
     try:
         text = address.decode("ascii").split("%", 1)[0].strip("[]")
         ip = ipaddress.ip_address(text)
     except (UnicodeDecodeError, ValueError):
         return None  # IPC peers ("localhost:uid:gid:pid") and garbage match no rule
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+        # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d: IPv4
+        # rules match them, and so do IPv6 rules covering that form.
+        return (ip.ipv4_mapped, ip)
+    return (ip,)
 
 
 @functools.lru_cache(maxsize=4096)
 def limit_key(address: bytes) -> bytes:
     """The key failures count under: the canonical IP (IPv4-mapped as IPv4), else the address."""
-    ip = _peer_ip(address)
-    return address if ip is None else str(ip).encode("ascii")
+    ips = _peer_ip(address)
+    if ips is None:
+        return address
+    ip = ips[0]
+    if ip.version == 6:
+        # One host usually holds a whole /64: count the prefix, not the address.
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False)).encode("ascii")
+    return str(ip).encode("ascii")
 
 
-def _matches(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, rules: tuple[Network, ...]) -> bool:
-    return any(ip.version == net.version and ip in net for net in rules)
+def _matches(ips: tuple[IP, ...], rules: tuple[Network, ...]) -> bool:
+    return any(ip.version == net.version and ip in net for ip in ips for net in rules)
 
 
 def _show(value: bytes, limit: int = 64) -> str:
@@ -276,6 +296,14 @@ def _show(value: bytes, limit: int = 64) -> str:
 
 _OK = b"OK"
 BANNED = b"address banned after repeated failures"
+UNKNOWN_USER = b"unknown user"
+WRONG_PASSWORD = b"wrong password"
+UNKNOWN_KEY = b"unknown CURVE key"
+NOT_ALLOWED = b"address not in the allow list"
+DENIED = b"address is in the deny list"
+# Refusals the client caused; server-side trouble (a missing password file,
+# no configuration) does not count toward a ban.
+CLIENT_FAULTS = frozenset({UNKNOWN_USER, WRONG_PASSWORD, UNKNOWN_KEY, NOT_ALLOWED, DENIED})
 _CACHE_LIMIT = 10_000
 
 
@@ -373,16 +401,19 @@ class Policy:
             # A non-empty allow list admits only its addresses and overrides deny.
             if ip is not None and _matches(ip, self.allow):
                 return b""
-            return b"address not in the allow list"
+            return NOT_ALLOWED
         if ip is not None and _matches(ip, self.deny):
-            return b"address is in the deny list"
+            return DENIED
         return b""
 
     def decide(self, request: ZapRequest) -> ZapReply:
         """Answer a validated request: 200 with a User-Id and metadata, or 400 with a reason."""
         if self.limiter is not None and self.limiter.is_banned(limit_key(request.address)):
             # Refused before any credential is looked at: the right password
-            # does not get through a ban either.
+            # does not get through a ban either. 400, not 300: with 300
+            # libzmq 4.3.5 leaves a PLAIN connection open until the handshake
+            # timeout (30 s), so a banned attacker could pile connections up;
+            # 400 closes at once (and the client does not redial).
             return ZapReply(request.request_id, b"400", BANNED)
         refused = self.address_verdict(request.address)
         if refused:
@@ -422,7 +453,7 @@ class Policy:
             return ZapReply(request.request_id, b"200", _OK, cached[1])
         cert = source.lookup(key)  # type: ignore[union-attr]
         if cert is None:
-            return ZapReply(request.request_id, b"400", b"unknown CURVE key")
+            return ZapReply(request.request_id, b"400", UNKNOWN_KEY)
         cached = self._curve_cache.get(key)
         if cached is None or cached[0] is not cert:
             cached = (cert, cert.public_txt.encode("ascii"), cert_properties(cert._meta))
@@ -480,11 +511,7 @@ class Policy:
                 _show(request.address),
             )
             reply = ZapReply(request.request_id, b"500", b"internal error")
-        if (
-            self.limiter is not None
-            and reply.status_code == b"400"
-            and reply.status_text is not BANNED
-        ):
+        if self.limiter is not None and reply.status_text in CLIENT_FAULTS:
             self.limiter.failed(limit_key(request.address))
         if self.verbose:
             _trace(request, reply)
@@ -505,11 +532,11 @@ class Policy:
 def _trace(request: ZapRequest, reply: ZapReply) -> None:
     """Log a decision in CZMQ's spirit, without passwords or secret keys."""
     mechanism = request.mechanism.decode("ascii", "replace")
-    if reply.status_text is BANNED:
+    if reply.status_text == BANNED:
         mechanism = "banned"
-    elif reply.status_text == b"address is in the deny list":
+    elif reply.status_text == DENIED:
         mechanism = "deny list"
-    elif reply.status_text == b"address not in the allow list":
+    elif reply.status_text == NOT_ALLOWED:
         mechanism = "allow list"
     verdict = "ALLOWED" if reply.allowed else "DENIED"
     detail = f"domain={_show(request.domain)} address={_show(request.address)}"

@@ -99,7 +99,7 @@ def loads(data: bytes | str) -> ZplNode:
             raise ZplError("indented more than one level below the previous property", lineno)
         match = _NAME.match(body)
         if match is None:
-            raise ZplError(f"expected a property name, found {body[0]!r}", lineno)
+            raise ZplError(f"expected a property name, found {_kind(body[0])}", lineno)
         rest = body[match.end() :].lstrip(_WSP)
         value: str | None
         if not rest or rest[0] == "#":
@@ -107,12 +107,27 @@ def loads(data: bytes | str) -> ZplNode:
         elif rest[0] == "=":
             value = _parse_value(rest[1:], lineno)
         else:
-            raise ZplError(f"expected '=' or end of line after the name, found {rest[0]!r}", lineno)
+            raise ZplError(
+                f"expected '=' or end of line after the name, found {_kind(rest[0])}", lineno
+            )
         node = ZplNode(match.group(), value)
         del stack[depth + 1 :]
         stack[depth].children.append(node)
         stack.append(node)
     return root
+
+
+def _kind(char: str) -> str:
+    """Describe a character without quoting it: the file may be a secret one."""
+    if char in "\t ":
+        return "a tab" if char == "\t" else "a space"
+    if char in "=\"'#":
+        return f"'{char}'"
+    if not char.isascii():
+        return "a non-ASCII character"
+    if not char.isprintable():
+        return "a control character"
+    return "a letter or digit" if char.isalnum() else "a punctuation character"
 
 
 def _parse_value(text: str, lineno: int) -> str:

@@ -73,7 +73,7 @@ def _cmd_makecert(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> in
 
 
 def _cmd_passwd(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    username = args.user.encode("utf-8")
+    username = args.user.encode("utf-8", "surrogateescape")
     check_username(username)
     if args.stdin:
         line = stdin.readline()
@@ -86,7 +86,7 @@ def _cmd_passwd(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
             raise ZsecError("the two passwords differ; nothing was changed")
     else:
         raise ZsecError("no terminal to ask for the password; pass it with --stdin")
-    replaced = set_password(args.file, username, password.encode("utf-8"))
+    replaced = set_password(args.file, username, password.encode("utf-8", "surrogateescape"))
     verb = "Replaced the password of" if replaced else "Added"
     stdout.write(f"{verb} {args.user} in {args.file} (argon2id hash, file mode 0600)\n")
     return 0
