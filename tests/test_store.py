@@ -627,3 +627,21 @@ def test_the_audit_catches_events_that_were_lost(
             ),
             what="the audit reconciling names and inodes",
         )
+
+
+def test_falls_back_to_polling_when_native_watching_fails(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import watchdog.observers
+
+    class NoInotify(watchdog.observers.Observer):  # type: ignore[misc,valid-type]
+        def start(self) -> None:
+            raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", NoInotify)
+    with zsec.CertStore(store_dir) as store:
+        assert store.observer_kind == "polling"
+        assert "inotify watch limit reached" in caplog.text and "polling" in caplog.text
+        cert = _cert()
+        _write_public(store_dir / "c.key", cert)
+        wait_for(lambda: cert.public_key in store, what="change seen by the polling watcher")

@@ -174,7 +174,11 @@ def test_format_value_prefers_czmq_double_quotes() -> None:
     assert format_value(' it\'s "x" ') == '" it\'s "x" "'
 
 
-_names = st.from_regex(r"[A-Za-z0-9$\-_@.&+]{1,12}", fullmatch=True)
+_names = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789$-_@.&+",
+    min_size=1,
+    max_size=12,
+)
 _values = st.one_of(
     st.none(),
     st.text(st.characters(exclude_characters="\r\n"), max_size=20).filter(
@@ -183,15 +187,15 @@ _values = st.one_of(
 )
 
 
-@st.composite
-def _trees(draw: st.DrawFn, depth: int = 0) -> _zpl.ZplNode:
-    node = _zpl.ZplNode(draw(_names), draw(_values))
-    if depth < 3:
-        node.children = draw(st.lists(_trees(depth + 1), max_size=3))
-    return node
+_leaves = st.builds(_zpl.ZplNode, _names, _values, st.just([]))
+_trees = st.recursive(
+    _leaves,
+    lambda children: st.builds(_zpl.ZplNode, _names, _values, st.lists(children, max_size=3)),
+    max_leaves=12,
+)
 
 
-@given(st.lists(_trees(), max_size=4))
+@given(st.lists(_trees, max_size=4))
 def test_dumps_then_loads_round_trips(children: list[_zpl.ZplNode]) -> None:
     root = _zpl.ZplNode("root", None, children)
     back = loads(dumps(root, ["   header"]))

@@ -64,10 +64,6 @@ def _skipped_name(name: str) -> bool:
     )
 
 
-class _Refused(Exception):
-    """A file was not loaded; the message says why (and how to fix it)."""
-
-
 class CertStore:
     """A set of trusted public certificates, looked up by public key.
 
