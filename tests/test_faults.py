@@ -206,3 +206,27 @@ def test_stop_is_bounded_even_when_the_context_is_gone() -> None:
     wait_for(lambda: not auth.running)
     _bounded_stop(auth)
     _bounded_stop(auth)
+
+
+def test_the_pump_survives_a_failing_socket_call(
+    ctx: zmq.Context[Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = zsec.Auth(ctx)
+    calls = {"n": 0}
+    real_handle = zsec.Policy.handle
+
+    def flaky_handle(self: zsec.Policy, frames: list[bytes]) -> list[bytes] | None:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise MemoryError("simulated")  # what Policy.handle itself never raises
+        return real_handle(self, frames)
+
+    monkeypatch.setattr(zsec.Policy, "handle", flaky_handle)
+    server = ctx.socket(zmq.PULL)
+    server.linger = 0
+    zsec.null_server(server)
+    endpoint = bind_loopback(server)
+    # The first requests are lost (the client retries on its own); then it gets in.
+    wait_for(lambda: attempt(ctx, endpoint, lambda s: None)[0].ok, timeout=20)
+    assert auth.running and "unexpected error, continuing" in caplog.text
+    _bounded_stop(auth)

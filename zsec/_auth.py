@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from typing import Any
 
 import zmq
@@ -20,7 +21,7 @@ from ._errors import ZsecError, ZsecTypeError
 from ._passwords import PasswordFile
 from ._store import CertStore
 from ._throttle import FailureLimiter
-from ._zap import CURVE_ALLOW_ANY, MAX_FIELD, Policy, _AllowAny, parse_address_rule
+from ._zap import CURVE_ALLOW_ANY, MAX_FIELD, Policy, _AllowAny, error_reply, parse_address_rule
 
 log = logging.getLogger("zsec.auth")
 
@@ -96,15 +97,19 @@ class Auth:
         socket = self._socket
         recv, send = socket.recv_multipart, socket.send_multipart
         token = self._token
+        failures = 0
+        frames: list[bytes] = []
         try:
             while True:
                 try:
+                    frames = []
                     frames = recv()
                     if len(frames) == 3 and frames[2] == token:
                         return
                     reply = self._policy.handle(frames)
                     if reply is not None:
                         send(reply)
+                    failures = 0
                 except zmq.Again:
                     limiter = self._policy.limiter
                     if limiter is not None:
@@ -112,10 +117,13 @@ class Auth:
                 except zmq.ContextTerminated:
                     log.warning("zmq context terminated: authenticator stopped")
                     return
-                except Exception:
-                    # Policy.handle never raises; this is a socket error or
-                    # worse. Keep answering: a dead handler fails open.
-                    log.exception("authenticator: unexpected error, continuing")
+                except zmq.ZMQError as exc:
+                    if exc.errno == zmq.ENOTSOCK:
+                        log.error("the authenticator's socket was closed under it: stopped")
+                        return
+                    failures = self._survive(failures, frames)
+                except Exception:  # noqa: BLE001 - logged in _survive; the pump must go on
+                    failures = self._survive(failures, frames)
         finally:
             # Unbind first: close() releases the endpoint only later, and a
             # new Auth on this context right after stop() must be able to bind.
@@ -123,6 +131,19 @@ class Auth:
                 socket.unbind(ZAP_ENDPOINT)
             socket.close(linger=0)
             self._done.set()
+
+    def _survive(self, failures: int, frames: list[bytes]) -> int:
+        # Policy.handle never raises, so this is a socket error or worse.
+        # Answer the request in hand with a 500 (or its client would wait for
+        # the handshake timeout), keep going (a dead handler fails open), and
+        # back off so that a fault that repeats cannot spin or flood the log.
+        log.exception("authenticator: unexpected error, continuing")
+        reply = error_reply(frames, b"500", b"internal error") if frames else None
+        if reply is not None:
+            with contextlib.suppress(Exception):
+                self._socket.send_multipart(reply)
+        time.sleep(min(0.001 * 2**failures, 1.0))
+        return min(failures + 1, 10)
 
     # -- configuration --------------------------------------------------------
 

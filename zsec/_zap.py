@@ -474,32 +474,15 @@ class Policy:
         reply), or None to drop a message that has no envelope. Never
         raises: a malformed request gets a 400 and an internal failure a 500.
         """
-        # One routing id when the request comes straight from libzmq; more
-        # when it crossed a proxy (RFC 27: echo the whole envelope).
-        if len(frames) > 2 and frames[1] == b"":
-            start = 2
-        else:
-            try:
-                start = frames.index(b"", 1) + 1
-            except ValueError:
-                log.warning("dropped a message without a ZAP envelope (%d frames)", len(frames))
-                return None
+        start = envelope_end(frames)
+        if start is None:
+            log.warning("dropped a message without a ZAP envelope (%d frames)", len(frames))
+            return None
         try:
             request = ZapRequest.from_frames(frames, start)
         except ZapError as exc:
-            request_id = b""
-            if len(frames) > start + 1 and len(frames[start + 1]) <= MAX_FIELD:
-                request_id = frames[start + 1]
             log.warning("malformed ZAP request: %s", exc)
-            return [
-                *frames[:start],
-                ZAP_VERSION,
-                request_id,
-                exc.status,
-                str(exc).encode(),
-                b"",
-                b"",
-            ]
+            return error_reply(frames, exc.status, str(exc).encode())
         try:
             reply = self.decide(request)
         except Exception as exc:  # noqa: BLE001 - the handler must answer whatever happens
@@ -527,6 +510,29 @@ class Policy:
                 reply.metadata,
             ]
         return [*frames[:start], *reply.frames()]
+
+
+def envelope_end(frames: list[bytes]) -> int | None:
+    """Index of the first frame after the envelope (routing ids + empty delimiter), or None."""
+    # One routing id when the request comes straight from libzmq; more when
+    # it crossed a proxy (RFC 27: a handler echoes the whole envelope).
+    if len(frames) > 2 and frames[1] == b"":
+        return 2
+    try:
+        return frames.index(b"", 1) + 1
+    except ValueError:
+        return None
+
+
+def error_reply(frames: list[bytes], status: bytes, text: bytes) -> list[bytes] | None:
+    """A failure reply to whatever request ``frames`` holds, or None if it has no envelope."""
+    start = envelope_end(frames)
+    if start is None:
+        return None
+    request_id = b""
+    if len(frames) > start + 1 and len(frames[start + 1]) <= MAX_FIELD:
+        request_id = frames[start + 1]
+    return [*frames[:start], ZAP_VERSION, request_id, status, text, b"", b""]
 
 
 def _trace(request: ZapRequest, reply: ZapReply) -> None:
