@@ -259,7 +259,7 @@ def test_passwd_from_stdin_adds_then_replaces(tmp_path: Path) -> None:
     path.write_text("# team\nbob=plain-text\n")
     code, out, err = _run(["passwd", str(path), "alice", "--stdin"], io.StringIO("s3cret!\n"))
     assert code == 0, err
-    assert out == f"Added alice in {path} (argon2id hash, file mode 0600)\n"
+    assert out == f"Added alice in {path} (argon2id hash, file mode 0640)\n"
     code, out, _ = _run(["passwd", str(path), "alice", "--stdin"], io.StringIO("n3w-one\n"))
     assert code == 0 and out.startswith("Replaced the password of alice")
     text = path.read_text()

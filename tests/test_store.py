@@ -396,7 +396,9 @@ def test_on_change_reports_added_updated_removed(store_dir: Path) -> None:
         wait_for(lambda: any(c.added for c in changes))
         changed = cert.dup()
         changed.set_meta("name", "v2")
-        _write_public(store_dir / "c.key", changed)
+        # Atomically: rewritten in place, the key would be briefly removed and
+        # re-added (fail closed mid-write) instead of updated.
+        changed.save_public(store_dir / "c.key")
         wait_for(lambda: any(c.updated for c in changes))
         os.unlink(store_dir / "c.key")
         wait_for(lambda: any(c.removed for c in changes))
@@ -415,9 +417,9 @@ def test_a_failing_callback_does_not_stop_the_watcher(store_dir: Path) -> None:
         raise RuntimeError("callback bug")
 
     with zsec.CertStore(store_dir, on_change=explode) as store:
-        for _ in range(3):
+        for i in range(3):
             cert = _cert()
-            _write_public(store_dir / f"{cert.public_txt[:8].replace('/', '_')}.k", cert)
+            _write_public(store_dir / f"client-{i}.key", cert)
             wait_for(lambda c=cert: c.public_key in store)
 
 

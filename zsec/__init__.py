@@ -16,6 +16,7 @@ from ._errors import (
     ZplError,
     ZsecError,
     ZsecTypeError,
+    ZsecValueError,
 )
 from ._monitor import Handshake, HandshakeMonitor, HandshakeTimeout
 from ._passwords import PasswordError, PasswordFile
@@ -61,6 +62,7 @@ __all__ = [
     "ZplError",
     "ZsecError",
     "ZsecTypeError",
+    "ZsecValueError",
     "__version__",
     "curve_client",
     "curve_server",

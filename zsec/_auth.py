@@ -105,6 +105,7 @@ class Auth:
                     frames = []
                     frames = recv()
                     if len(frames) == 3 and frames[2] == token:
+                        self._drain(socket)
                         return
                     reply = self._policy.handle(frames)
                     if reply is not None:
@@ -113,18 +114,24 @@ class Auth:
                 except zmq.Again:
                     limiter = self._policy.limiter
                     if limiter is not None:
-                        limiter.sweep()
+                        try:
+                            limiter.sweep()
+                        except Exception:  # noqa: BLE001 - e.g. a raising log filter
+                            failures = self._survive(failures, [])
                 except zmq.ContextTerminated:
                     log.warning("zmq context terminated: authenticator stopped")
                     return
                 except zmq.ZMQError as exc:
                     if exc.errno == zmq.ENOTSOCK:
-                        log.error("the authenticator's socket was closed under it: stopped")
+                        with contextlib.suppress(Exception):
+                            log.error("the authenticator's socket was closed under it: stopped")
                         return
                     failures = self._survive(failures, frames)
                 except Exception:  # noqa: BLE001 - logged in _survive; the pump must go on
                     failures = self._survive(failures, frames)
         finally:
+            # Whatever ended the loop, later configuration calls must say so.
+            self._stopped = True
             # Unbind first: close() releases the endpoint only later, and a
             # new Auth on this context right after stop() must be able to bind.
             with contextlib.suppress(zmq.ZMQError):
@@ -132,15 +139,35 @@ class Auth:
             socket.close(linger=0)
             self._done.set()
 
+    @staticmethod
+    def _drain(socket: zmq.Socket[bytes]) -> None:
+        """Stop taking requests, and refuse those already queued.
+
+        Unanswered, their clients would wait out the 30 s handshake timeout.
+        """
+        with contextlib.suppress(zmq.ZMQError):
+            socket.unbind(ZAP_ENDPOINT)
+        while True:
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            reply = error_reply(frames, b"500", b"authenticator stopping")
+            if reply is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    socket.send_multipart(reply, zmq.NOBLOCK)
+
     def _survive(self, failures: int, frames: list[bytes]) -> int:
         # Policy.handle never raises, so this is a socket error or worse.
         # Answer the request in hand with a 500 (or its client would wait for
         # the handshake timeout), keep going (a dead handler fails open), and
         # back off so that a fault that repeats cannot spin or flood the log.
-        log.exception("authenticator: unexpected error, continuing")
-        reply = error_reply(frames, b"500", b"internal error") if frames else None
-        if reply is not None:
-            with contextlib.suppress(Exception):
+        # Nothing in here may raise: not even logging (a filter could).
+        with contextlib.suppress(Exception):
+            log.exception("authenticator: unexpected error, continuing")
+        with contextlib.suppress(Exception):
+            reply = error_reply(frames, b"500", b"internal error") if frames else None
+            if reply is not None:
                 self._socket.send_multipart(reply)
         time.sleep(min(0.001 * 2**failures, 1.0))
         return min(failures + 1, 10)
@@ -185,8 +212,19 @@ class Auth:
         and end is logged (WARNING, ``zsec.auth``). Counting is per IP
         address: clients behind one NAT share a count.
         """
-        limiter = None if max_failures is None else FailureLimiter(max_failures, window, ban)
-        self._update(limiter=limiter)
+        if max_failures is None:
+            self._update(limiter=None)
+            return
+        with self._lock:
+            self._check_running()
+            current = self._policy.limiter
+            if current is not None:
+                # Same object, new limits: bans and counts in progress carry on.
+                current.reconfigure(max_failures, window, ban)
+            else:
+                self._policy = self._policy.replace(
+                    limiter=FailureLimiter(max_failures, window, ban)
+                )
 
     def allow(self, *addresses: str) -> None:
         """Admit only these addresses (IPs or CIDR networks); overrides ``deny``.

@@ -15,6 +15,10 @@ class ZsecTypeError(ZsecError, TypeError):
     """An argument has the wrong type."""
 
 
+class ZsecValueError(ZsecError, ValueError):
+    """An argument has the right type but a value out of range."""
+
+
 class KeyFormatError(ZsecError, ValueError):
     """A CURVE key is not 32 raw bytes or 40 valid Z85 characters."""
 

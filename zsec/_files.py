@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -65,7 +66,9 @@ def read_capped(path: str, limit: int, what: str = "file") -> bytes:
     return data
 
 
-def write_atomic(items: Sequence[tuple[str, bytes, int]]) -> None:
+def write_atomic(
+    items: Sequence[tuple[str, bytes, int]], *, owner: tuple[int, int] | None = None
+) -> None:
     """Write each ``(path, data, mode)`` so that every path holds old or new content, never half.
 
     Every file goes to a temporary file in its target directory (created
@@ -87,7 +90,8 @@ def write_atomic(items: Sequence[tuple[str, bytes, int]]) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, mode)
-            _keep_owner(tmp, path)
+            if owner is not None:
+                _give(tmp, owner, mode)
         for tmp, path in staged:
             os.replace(tmp, path)
         for directory in {os.path.dirname(os.path.abspath(p)) for _, p in staged}:
@@ -107,16 +111,29 @@ def write_atomic(items: Sequence[tuple[str, bytes, int]]) -> None:
         raise
 
 
-def _keep_owner(tmp: str, path: str) -> None:
-    # Replacing a file must not hand it to whoever ran the command (root
-    # editing a service's password file would lock the service out).
-    try:
-        st = os.stat(path)
-    except OSError:
-        return
+def _give(tmp: str, owner: tuple[int, int], mode: int) -> None:
     if hasattr(os, "chown"):
         with contextlib.suppress(OSError):
-            os.chown(tmp, st.st_uid, st.st_gid)
+            os.chown(tmp, owner[0], owner[1])
+    if os.stat(tmp).st_gid != owner[1] and mode & 0o070:
+        os.chmod(tmp, mode & ~0o070)
+
+
+def owner_to_keep(path: str) -> tuple[int, int] | None:
+    """The (uid, gid) of an existing regular file worth keeping when it is replaced.
+
+    None for a symlink or anything but a regular file, and for a file in a
+    directory others can write (a sticky /tmp): there, whoever created the
+    name first must not receive what replaces it.
+    """
+    try:
+        st = os.lstat(path)
+        parent = os.stat(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or parent.st_mode & 0o022:
+        return None
+    return st.st_uid, st.st_gid
 
 
 def _fsync_dir(directory: str) -> None:
@@ -140,6 +157,7 @@ __all__ = [
     "ZsecError",
     "current_umask",
     "fspath",
+    "owner_to_keep",
     "read_capped",
     "write_atomic",
 ]

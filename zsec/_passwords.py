@@ -9,7 +9,6 @@ login of a user after a change pays for argon2.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -21,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import FileAccessError, ZsecError, ZsecTypeError
-from ._files import SECRET_MODE, fspath, read_capped, write_atomic
+from ._files import SECRET_MODE, fspath, owner_to_keep, read_capped, write_atomic
 
 log = logging.getLogger("zsec.auth")
 
@@ -130,14 +129,18 @@ class PasswordFile:
         given = _digest(password)
         if entry is None:
             # An unknown user costs what a known one does, so timing does not
-            # tell which names exist: a digest compare, or a hash verify when
-            # the file holds hashes (against one of them; the result is ignored).
+            # tell which names exist: a digest compare, and a decoy hash check
+            # when the file holds hashes (the result is ignored).
             hmac.compare_digest(given, _DUMMY)
             if decoy is not None:
                 _verify_hash(decoy, password)
             return b"password file unavailable" if self._problem else b"unknown user"
         if len(entry) == _DIGEST_BYTES:
-            return b"" if hmac.compare_digest(given, entry) else b"wrong password"
+            if hmac.compare_digest(given, entry):
+                return b""
+            if decoy is not None:
+                _verify_hash(decoy, password)  # as slow as a hashed user's refusal
+            return b"wrong password"
         remembered = verified.get(username)
         if remembered is not None and hmac.compare_digest(given, remembered):
             return b""
@@ -175,11 +178,21 @@ class PasswordFile:
             if self._problem:
                 log.warning("password file %s is usable again", self.path)
             self._problem = ""
-            decoy = next((e for e in entries.values() if len(e) != _DIGEST_BYTES), None)
-            self._state = (entries, {}, decoy)
+            hashed = any(len(e) != _DIGEST_BYTES for e in entries.values())
+            self._state = (entries, {}, _decoy_hash() if hashed else None)
             # Until the file settles, keep looking: its last line may grow.
             self._signature = signature if complete else None
             log.debug("loaded %d user(s) from %s", len(entries), self.path)
+
+
+_DECOY: list[bytes] = []
+
+
+def _decoy_hash() -> bytes:
+    """A valid argon2id hash of a random password, made once (with zsec passwd's limits)."""
+    if not _DECOY:
+        _DECOY.append(hash_password(secrets.token_bytes(16)))
+    return _DECOY[0]
 
 
 def _verify_hash(entry: bytes, password: bytes) -> bool:
@@ -255,10 +268,12 @@ def set_password(
             kept.append(line)
     if not replaced:
         kept.append(entry)
-    # Keep a group-readable mode if the file had one (a service reading it
-    # through its group), never anything wider.
+    # Keep the file's owner and a group-read bit if it had one (a service
+    # may read it through its group), never anything wider; but only for a
+    # plain file in a directory others cannot write.
+    owner = owner_to_keep(path)
     mode = SECRET_MODE
-    with contextlib.suppress(OSError):
-        mode = (os.stat(path).st_mode & 0o640) | SECRET_MODE
-    write_atomic([(path, b"\n".join(kept) + b"\n", mode)])
+    if owner is not None:
+        mode |= os.stat(path).st_mode & 0o040
+    write_atomic([(path, b"\n".join(kept) + b"\n", mode)], owner=owner)
     return replaced

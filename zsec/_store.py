@@ -9,6 +9,7 @@ events and swaps in a new snapshot. Nothing here knows about sockets or ZAP.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import stat
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._cert import MAX_CERT_BYTES, Cert, fast_fields, public_cert
-from ._errors import CertificateError, FileAccessError, ZsecError, ZsecTypeError
+from ._errors import CertificateError, FileAccessError, ZsecError, ZsecTypeError, ZsecValueError
 from ._files import fspath
 from ._keys import KEY_BYTES, coerce_key, z85_decode_keys
 
@@ -105,6 +106,8 @@ class CertStore:
         self._on_change = on_change
         self._polling = bool(polling)
         self._audit_interval = float(audit_interval)
+        if not 0 < self._audit_interval < math.inf:
+            raise ZsecValueError("audit_interval must be a positive, finite number of seconds")
         self._lock = threading.RLock()
         self._snapshot: dict[bytes, Cert] = {}
         self._inserted: dict[bytes, Cert] = {}
@@ -258,6 +261,7 @@ class CertStore:
                 observer = Observer()
                 _schedule(observer, handler, self._root)
                 observer.start()
+                _hook_overflow(observer, self._events)
                 self.observer_kind = "native"
                 self._native_closes_missing = not _reports_closes(observer)
             except Exception as exc:  # noqa: BLE001 - any failure means: poll instead
@@ -822,12 +826,28 @@ class CertStore:
 
 
 def _target_signature(path: str) -> tuple[int, ...] | None:
-    """What identifies a symlink target's content and permissions, or None if unreachable."""
+    """What identifies a symlink target's content and permissions, or None if unreachable.
+
+    The target's directory counts too: strict mode judges it, and a chmod
+    there must be noticed as much as one on the file.
+    """
     try:
         st = os.stat(path)
+        parent = os.stat(os.path.dirname(os.path.realpath(path)))
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mode, st.st_uid)
+    return (
+        st.st_dev,
+        st.st_ino,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_size,
+        st.st_mode,
+        st.st_uid,
+        parent.st_ino,
+        parent.st_mode,
+        parent.st_uid,
+    )
 
 
 def _under(path: str, root: str) -> bool:
@@ -897,6 +917,29 @@ def _stat_with_ctime(path: str) -> os.stat_result:
     return os.stat_result(
         tuple(st), {"st_mtime": st.st_ctime, "st_mtime_ns": st.st_ctime_ns, "st_ctime": st.st_ctime}
     )
+
+
+def _hook_overflow(observer: Any, events: queue.SimpleQueue[Any]) -> bool:
+    """Have watchdog's inotify overflow handler tell this store to rescan.
+
+    watchdog (7.x) rebuilds its watches after the kernel drops events, but
+    tells its handlers nothing; its log line is the only other sign, and
+    logging configuration can silence that. Returns whether the hook is in.
+    """
+    hooked = False
+    for emitter in list(getattr(observer, "emitters", ())):
+        group = getattr(emitter, "_inotify", None)
+        original = getattr(group, "on_queue_overflow", None)
+        if not callable(original):
+            continue
+
+        def on_overflow(original: Any = original) -> None:
+            original()
+            events.put(("overflow", True, "", ""))
+
+        group.on_queue_overflow = on_overflow  # type: ignore[union-attr]
+        hooked = True
+    return hooked
 
 
 def _reports_closes(observer: Any) -> bool:

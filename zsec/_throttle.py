@@ -9,6 +9,7 @@ the ban ends. Time comes from an injectable clock.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,19 +37,23 @@ class FailureLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(max_failures, int) or isinstance(max_failures, bool):
-            raise ZsecTypeError("max_failures must be an int")
-        if max_failures < 1:
-            raise LimitError("max_failures must be at least 1")
-        if not window > 0 or not ban > 0:
-            raise LimitError("window and ban must be positive numbers of seconds")
-        self.max_failures = max_failures
-        self.window = float(window)
-        self.ban = float(ban)
+        self.reconfigure(max_failures, window, ban)
         self._clock = clock
         self._failures: dict[bytes, deque[float]] = {}
         self._banned: dict[bytes, float] = {}
         self._next_sweep = 0.0
+
+    def reconfigure(self, max_failures: int, window: float, ban: float) -> None:
+        """Change the limits; bans and counts in progress are kept."""
+        if not isinstance(max_failures, int) or isinstance(max_failures, bool):
+            raise ZsecTypeError("max_failures must be an int")
+        if max_failures < 1:
+            raise LimitError("max_failures must be at least 1")
+        if not (0 < window < math.inf) or not (0 < ban < math.inf):
+            raise LimitError("window and ban must be positive, finite numbers of seconds")
+        self.max_failures = max_failures
+        self.window = float(window)
+        self.ban = float(ban)
 
     def __repr__(self) -> str:
         return (

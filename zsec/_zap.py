@@ -9,6 +9,7 @@ few dictionary lookups.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -275,10 +276,16 @@ def limit_key(address: bytes) -> bytes:
     if ips is None:
         return address
     ip = ips[0]
-    if ip.version == 6:
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64:
+            # Translated IPv4 clients: the IPv4 address is the last 32 bits.
+            return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)).encode("ascii")
         # One host usually holds a whole /64: count the prefix, not the address.
         return str(ipaddress.ip_network(f"{ip}/64", strict=False)).encode("ascii")
     return str(ip).encode("ascii")
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def _matches(ips: tuple[IP, ...], rules: tuple[Network, ...]) -> bool:
@@ -494,10 +501,14 @@ class Policy:
                 _show(request.address),
             )
             reply = ZapReply(request.request_id, b"500", b"internal error")
-        if self.limiter is not None and reply.status_text in CLIENT_FAULTS:
-            self.limiter.failed(limit_key(request.address))
-        if self.verbose:
-            _trace(request, reply)
+        try:
+            if self.limiter is not None and reply.status_text in CLIENT_FAULTS:
+                self.limiter.failed(limit_key(request.address))
+            if self.verbose:
+                _trace(request, reply)
+        except Exception:
+            with contextlib.suppress(Exception):
+                log.exception("ZAP bookkeeping failed after the decision")
         if start == 2:
             return [
                 frames[0],

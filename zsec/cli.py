@@ -76,19 +76,31 @@ def _cmd_passwd(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     username = args.user.encode("utf-8", "surrogateescape")
     check_username(username)
     if args.stdin:
-        line = stdin.readline()
-        if not line:
+        # Bytes, not text: a password need not be valid in the locale's
+        # encoding, and a decoding error would quote it.
+        source = getattr(stdin, "buffer", None)
+        raw = (
+            source.readline()
+            if source is not None
+            else stdin.readline().encode("utf-8", "surrogateescape")
+        )
+        if not raw:
             raise ZsecError("no password on standard input")
-        password = line.rstrip("\r\n")
+        password = raw.rstrip(b"\r\n")
     elif stdin is sys.stdin and stdin.isatty():
-        password = getpass.getpass(f"New password for {args.user}: ")
-        if getpass.getpass("Repeat the password: ") != password:
-            raise ZsecError("the two passwords differ; nothing was changed")
+        try:
+            first = getpass.getpass(f"New password for {args.user}: ")
+            if getpass.getpass("Repeat the password: ") != first:
+                raise ZsecError("the two passwords differ; nothing was changed")
+        except UnicodeError:
+            raise ZsecError("the password could not be read as text") from None
+        password = first.encode("utf-8", "surrogateescape")
     else:
         raise ZsecError("no terminal to ask for the password; pass it with --stdin")
-    replaced = set_password(args.file, username, password.encode("utf-8", "surrogateescape"))
+    replaced = set_password(args.file, username, password)
+    mode = os.stat(args.file).st_mode & 0o777
     verb = "Replaced the password of" if replaced else "Added"
-    stdout.write(f"{verb} {args.user} in {args.file} (argon2id hash, file mode 0600)\n")
+    stdout.write(f"{verb} {args.user} in {args.file} (argon2id hash, file mode {mode:04o})\n")
     return 0
 
 
