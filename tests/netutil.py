@@ -50,3 +50,22 @@ def attempt(
             client.send(payload)
             frame = server.recv(copy=False)
         return verdict, frame
+
+
+def serve(
+    ctx: zmq.Context[Any], setup: Callable[[zmq.Socket[Any]], None]
+) -> tuple[zmq.Socket[Any], str]:
+    """A PULL server configured by ``setup`` on a loopback port: (socket, endpoint).
+
+    Keep the socket referenced for as long as the server must live.
+    """
+    server = ctx.socket(zmq.PULL)
+    server.linger = 0
+    server.rcvtimeo = 5000
+    setup(server)
+    return server, bind_loopback(server)
+
+
+def login(ctx: zmq.Context[Any], endpoint: str, user: str, password: str) -> zsec.Handshake:
+    """The handshake outcome of a PLAIN client with these credentials."""
+    return attempt(ctx, endpoint, lambda s: zsec.plain_client(s, user, password))[0]

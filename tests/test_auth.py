@@ -18,7 +18,7 @@ import zmq.asyncio
 import zsec
 
 from .conftest import wait_for
-from .netutil import attempt, bind_loopback, socket
+from .netutil import attempt, bind_loopback, login, serve, socket
 
 
 @pytest.fixture
@@ -27,20 +27,12 @@ def auth(ctx: zmq.Context[Any]) -> Iterator[zsec.Auth]:
         yield authenticator
 
 
-def _server(ctx: zmq.Context[Any], setup: Any) -> tuple[zmq.Socket[Any], str]:
-    server = ctx.socket(zmq.PULL)
-    server.linger = 0
-    server.rcvtimeo = 5000
-    setup(server)
-    return server, bind_loopback(server)
-
-
 # -- the patterns -------------------------------------------------------------------------
 
 
 def test_strawhouse_null_with_address_filter(ctx: zmq.Context[Any], auth: zsec.Auth) -> None:
     auth.allow("127.0.0.1")
-    server, endpoint = _server(ctx, zsec.null_server)
+    server, endpoint = serve(ctx, zsec.null_server)
     verdict, frame = attempt(ctx, endpoint, lambda s: None, server)
     assert verdict.ok and frame is not None and frame.bytes == b"Hello"
     assert frame.get("User-Id") == "anonymous"
@@ -52,14 +44,14 @@ def test_strawhouse_null_with_address_filter(ctx: zmq.Context[Any], auth: zsec.A
 
 def test_strawhouse_refuses_an_address_not_allowed(ctx: zmq.Context[Any], auth: zsec.Auth) -> None:
     auth.allow("192.0.2.1")  # in force as soon as allow() returns
-    _server_kept, endpoint = _server(ctx, zsec.null_server)
+    _server_kept, endpoint = serve(ctx, zsec.null_server)
     verdict, _ = attempt(ctx, endpoint, lambda s: None)
     assert verdict.zap_status == 400
 
 
 def test_deny_list(ctx: zmq.Context[Any], auth: zsec.Auth) -> None:
     auth.deny("127.0.0.0/8")
-    _server_kept, endpoint = _server(ctx, zsec.null_server)
+    _server_kept, endpoint = serve(ctx, zsec.null_server)
     assert attempt(ctx, endpoint, lambda s: None)[0].zap_status == 400
 
 
@@ -67,7 +59,7 @@ def test_woodhouse_plain(ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path)
     passwords = tmp_path / "passwords.txt"
     passwords.write_text("admin=Adm1n!pass\n")
     auth.configure_plain("*", passwords)
-    server, endpoint = _server(ctx, zsec.plain_server)
+    server, endpoint = serve(ctx, zsec.plain_server)
     verdict, frame = attempt(
         ctx, endpoint, lambda s: zsec.plain_client(s, "admin", "Adm1n!pass"), server
     )
@@ -79,7 +71,7 @@ def test_woodhouse_plain(ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path)
 def test_stonehouse_curve_allow_any(ctx: zmq.Context[Any], auth: zsec.Auth) -> None:
     auth.configure_curve("*", zsec.CURVE_ALLOW_ANY)
     server_cert, client_cert = zsec.Cert(), zsec.Cert()
-    server, endpoint = _server(ctx, lambda s: zsec.curve_server(s, server_cert))
+    server, endpoint = serve(ctx, lambda s: zsec.curve_server(s, server_cert))
     verdict, frame = attempt(
         ctx, endpoint, lambda s: zsec.curve_client(s, client_cert, server_cert.public_key), server
     )
@@ -99,7 +91,7 @@ def test_ironhouse_curve_store(ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path:
     client_cert.set_meta("X-Role", "reader")
     client_cert.save_public(trusted / "client.key")
     auth.configure_curve("*", trusted)
-    server, endpoint = _server(ctx, lambda s: zsec.curve_server(s, server_cert))
+    server, endpoint = serve(ctx, lambda s: zsec.curve_server(s, server_cert))
     verdict, frame = attempt(
         ctx, endpoint, lambda s: zsec.curve_client(s, client_cert, server_cert.public_key), server
     )
@@ -119,8 +111,8 @@ def test_domains_select_their_own_stores(ctx: zmq.Context[Any], auth: zsec.Auth)
     users.insert(bob)
     auth.configure_curve("admin", admins)
     auth.configure_curve("*", users)
-    _admin, admin_ep = _server(ctx, lambda s: zsec.curve_server(s, server_cert, "admin"))
-    _users, user_ep = _server(ctx, lambda s: zsec.curve_server(s, server_cert, "users"))
+    _admin, admin_ep = serve(ctx, lambda s: zsec.curve_server(s, server_cert, "admin"))
+    _users, user_ep = serve(ctx, lambda s: zsec.curve_server(s, server_cert, "users"))
     key = server_cert.public_key
     assert attempt(ctx, admin_ep, lambda s: zsec.curve_client(s, alice, key))[0].ok
     assert attempt(ctx, admin_ep, lambda s: zsec.curve_client(s, bob, key))[0].zap_status == 400
@@ -139,7 +131,7 @@ def test_libzmq_fails_open_without_the_helpers(ctx: zmq.Context[Any]) -> None:
         server_cert.apply(s)
         s.curve_server = True  # no ZAP domain, no enforcement: libzmq's defaults
 
-    server, endpoint = _server(ctx, plain_curve_server)
+    server, endpoint = serve(ctx, plain_curve_server)
     verdict, frame = attempt(
         ctx, endpoint, lambda s: zsec.curve_client(s, anyone, server_cert.public_key), server
     )
@@ -159,7 +151,7 @@ def test_helpers_fail_closed_when_no_authenticator_ever_ran(
         "plain": (zsec.plain_server, lambda s: zsec.plain_client(s, "admin", "pw")),
         "null": (zsec.null_server, lambda s: None),
     }[mechanism]
-    server, endpoint = _server(ctx, setup[0])
+    server, endpoint = serve(ctx, setup[0])
     with zsec.HandshakeMonitor(server) as monitor, socket(ctx, zmq.PUSH) as client:
         setup[1](client)
         client_monitor = client.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -178,7 +170,7 @@ def test_helpers_fail_closed_after_the_authenticator_stops(ctx: zmq.Context[Any]
     server_cert, client_cert = zsec.Cert(), zsec.Cert()
     auth = zsec.Auth(ctx)
     auth.configure_curve("*", zsec.CURVE_ALLOW_ANY)
-    _server_kept, endpoint = _server(ctx, lambda s: zsec.curve_server(s, server_cert))
+    _server_kept, endpoint = serve(ctx, lambda s: zsec.curve_server(s, server_cert))
     client = lambda s: zsec.curve_client(s, client_cert, server_cert.public_key)  # noqa: E731
     assert attempt(ctx, endpoint, client)[0].ok
     auth.stop()
@@ -268,7 +260,7 @@ def test_malformed_requests_on_the_zap_endpoint_get_replies(
             reply = intruder.recv_multipart()
             assert reply[0] == b"" and reply[1] == b"1.0" and reply[3] == b"400"
     # ... and the thread still decides for real clients.
-    _server_kept, endpoint = _server(ctx, zsec.null_server)
+    _server_kept, endpoint = serve(ctx, zsec.null_server)
     assert attempt(ctx, endpoint, lambda s: None)[0].ok
 
 
@@ -282,7 +274,7 @@ def test_verbose_trace(
     auth.set_verbose(True)
     assert auth.verbose
     auth.deny("192.0.2.66")
-    _server_kept, endpoint = _server(ctx, zsec.plain_server)
+    _server_kept, endpoint = serve(ctx, zsec.plain_server)
     attempt(ctx, endpoint, lambda s: zsec.plain_client(s, "admin", "s3cret-value"))
     attempt(ctx, endpoint, lambda s: zsec.plain_client(s, "admin", "bad-guess"))
     assert "ALLOWED (PLAIN) domain=global address=127.0.0.1 username=admin" in caplog.text
@@ -299,14 +291,13 @@ def test_password_file_reload_while_serving(
     passwords = tmp_path / "p.txt"
     passwords.write_text("admin=first\n")
     auth.configure_plain("*", passwords)
-    _server_kept, endpoint = _server(ctx, zsec.plain_server)
-    login = lambda pw: attempt(ctx, endpoint, lambda s: zsec.plain_client(s, "admin", pw))[0]  # noqa: E731
-    assert login("first").ok
+    _server_kept, endpoint = serve(ctx, zsec.plain_server)
+    assert login(ctx, endpoint, "admin", "first").ok
     tmp = tmp_path / ".p.new"
     tmp.write_text("admin=second\n")
     os.replace(tmp, passwords)
-    wait_for(lambda: login("second").ok, what="new password accepted")
-    assert login("first").zap_status == 400
+    wait_for(lambda: login(ctx, endpoint, "admin", "second").ok, what="new password accepted")
+    assert login(ctx, endpoint, "admin", "first").zap_status == 400
 
 
 def test_certificate_directory_reload_while_serving(
@@ -316,7 +307,7 @@ def test_certificate_directory_reload_while_serving(
     trusted.mkdir(mode=0o700)
     auth.configure_curve("*", trusted)
     server_cert, client_cert = zsec.Cert(), zsec.Cert()
-    _server_kept, endpoint = _server(ctx, lambda s: zsec.curve_server(s, server_cert))
+    _server_kept, endpoint = serve(ctx, lambda s: zsec.curve_server(s, server_cert))
     connect = lambda: attempt(  # noqa: E731
         ctx, endpoint, lambda s: zsec.curve_client(s, client_cert, server_cert.public_key)
     )[0]
@@ -331,7 +322,7 @@ def test_configuration_is_in_force_when_the_call_returns(
     ctx: zmq.Context[Any], auth: zsec.Auth
 ) -> None:
     server_cert, client_cert = zsec.Cert(), zsec.Cert()
-    _server_kept, endpoint = _server(ctx, lambda s: zsec.curve_server(s, server_cert))
+    _server_kept, endpoint = serve(ctx, lambda s: zsec.curve_server(s, server_cert))
     client = lambda s: zsec.curve_client(s, client_cert, server_cert.public_key)  # noqa: E731
     store = zsec.CertStore()
     auth.configure_curve("*", store)
@@ -358,7 +349,7 @@ def test_owned_stores_are_closed_and_callers_stores_are_not(
 
 
 def test_concurrent_configuration_and_traffic(ctx: zmq.Context[Any], auth: zsec.Auth) -> None:
-    _server_kept, endpoint = _server(ctx, zsec.null_server)
+    _server_kept, endpoint = serve(ctx, zsec.null_server)
     errors: list[BaseException] = []
 
     def configure() -> None:

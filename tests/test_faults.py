@@ -18,7 +18,8 @@ import zmq
 import zsec
 
 from .conftest import wait_for
-from .netutil import attempt, bind_loopback
+from .netutil import attempt, bind_loopback, serve
+from .netutil import login as plain_login
 
 
 def _curve_server(ctx: zmq.Context[Any], cert: zsec.Cert) -> tuple[zmq.Socket[Any], str]:
@@ -126,13 +127,10 @@ def test_truncated_password_file_admits_no_password_prefix(
     path.write_text("admin=known\n")
     with zsec.Auth(ctx) as auth:
         auth.configure_plain("*", path)
-        server = ctx.socket(zmq.PULL)
-        server.linger = 0
-        zsec.plain_server(server)
-        endpoint = bind_loopback(server)
+        _server, endpoint = serve(ctx, zsec.plain_server)
 
         def login(user: str, password: str) -> zsec.Handshake:
-            return attempt(ctx, endpoint, lambda s: zsec.plain_client(s, user, password))[0]
+            return plain_login(ctx, endpoint, user, password)
 
         assert login("admin", "known").ok
         with open(path, "ab") as handle:  # a writer caught halfway through a line

@@ -14,7 +14,8 @@ from zsec._throttle import MAX_TRACKED
 from zsec._zap import BANNED, Policy
 
 from .conftest import wait_for
-from .netutil import attempt, bind_loopback
+from .netutil import login as plain_login
+from .netutil import serve
 
 
 class Clock:
@@ -141,13 +142,10 @@ def test_over_sockets_off_by_default_then_on_then_off(
     path.write_text("admin=right\n")
     with zsec.Auth(ctx) as auth:
         auth.configure_plain("*", path)
-        server = ctx.socket(zmq.PULL)
-        server.linger = 0
-        zsec.plain_server(server)
-        endpoint = bind_loopback(server)
+        _server, endpoint = serve(ctx, zsec.plain_server)
 
         def login(password: str) -> zsec.Handshake:
-            return attempt(ctx, endpoint, lambda s: zsec.plain_client(s, "admin", password))[0]
+            return plain_login(ctx, endpoint, "admin", password)
 
         for _ in range(6):  # off by default: failures do not ban
             assert login("wrong").zap_status == 400
@@ -167,13 +165,10 @@ def test_after_a_ban_a_new_connection_gets_in(ctx: zmq.Context[Any], tmp_path: P
     with zsec.Auth(ctx) as auth:
         auth.configure_plain("*", path)
         auth.set_failure_limit(max_failures=1, window=60.0, ban=0.5)
-        server = ctx.socket(zmq.PULL)
-        server.linger = 0
-        zsec.plain_server(server)
-        endpoint = bind_loopback(server)
+        _server, endpoint = serve(ctx, zsec.plain_server)
 
         def login(password: str) -> zsec.Handshake:
-            return attempt(ctx, endpoint, lambda s: zsec.plain_client(s, "admin", password))[0]
+            return plain_login(ctx, endpoint, "admin", password)
 
         assert login("wrong").zap_status == 400  # the ban starts
         assert login("right").zap_status == 400

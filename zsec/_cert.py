@@ -141,6 +141,17 @@ def fast_fields(
     return public_txt, secret_txt, meta
 
 
+def _key_field(curve: _zpl.ZplNode | None, name: str, source: str) -> bytes | None:
+    """The key in ``curve/<name>`` as 32 bytes, None when absent or empty."""
+    text = curve.get(name) if curve is not None else None
+    if not text:
+        return None
+    try:
+        return coerce_key(text, name)
+    except (KeyFormatError, ZsecTypeError):
+        raise CertificateError(f"{source}: curve/{name} must be 40 Z85 characters") from None
+
+
 def public_cert(public: bytes, public_txt: str, meta: dict[str, str]) -> Cert:
     """Make a read-only public certificate from already checked parts (store fast path)."""
     cert = object.__new__(Cert)
@@ -240,24 +251,11 @@ class Cert:
         except ZplError as exc:
             raise CertificateError(f"{source}: not a valid certificate file: {exc}") from None
         curve = root.child("curve")
-        public_txt = curve.get("public-key") if curve is not None else None
-        if not public_txt:
+        public = _key_field(curve, "public-key", source)
+        if public is None:
             raise CertificateError(f"{source}: expected a 'curve' section with a 'public-key'")
-        try:
-            public = coerce_key(public_txt, "public-key")
-        except (KeyFormatError, ZsecTypeError):
-            raise CertificateError(
-                f"{source}: curve/public-key must be 40 Z85 characters"
-            ) from None
-        secret: bytes | None = None
-        secret_txt = curve.get("secret-key") if curve is not None else None
-        if secret_txt:
-            try:
-                secret = coerce_key(secret_txt, "secret-key")
-            except (KeyFormatError, ZsecTypeError):
-                raise CertificateError(
-                    f"{source}: curve/secret-key must be 40 Z85 characters"
-                ) from None
+        secret = _key_field(curve, "secret-key", source)
+        if secret is not None:
             if secret == _ZERO_KEY:
                 # CZMQ writes an all-zero secret key for a public-only cert.
                 secret = None
