@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from ._errors import FileAccessError, ZsecError, ZsecTypeError
+from ._errors import FileAccessError, ZsecTypeError
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -50,9 +50,8 @@ def current_umask() -> int:
 def read_capped(path: str, limit: int, what: str = "file") -> bytes:
     """Read a whole regular file of at most ``limit`` bytes.
 
-    Raises ``FileAccessError`` (with the OS errno) when it cannot be read, and
-    ``ZsecError`` subclass ``FileAccessError`` when it is too large or not a
-    regular file.
+    Raises ``FileAccessError``: with the OS errno when it cannot be read,
+    without one when it is larger than ``limit``.
     """
     try:
         with open(path, "rb") as handle:
@@ -153,8 +152,6 @@ def _fsync_dir(directory: str) -> None:
 __all__ = [
     "PUBLIC_MODE",
     "SECRET_MODE",
-    "FileAccessError",
-    "ZsecError",
     "current_umask",
     "fspath",
     "owner_to_keep",

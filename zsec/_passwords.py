@@ -9,6 +9,7 @@ login of a user after a change pays for argon2.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -185,14 +186,10 @@ class PasswordFile:
             log.debug("loaded %d user(s) from %s", len(entries), self.path)
 
 
-_DECOY: list[bytes] = []
-
-
+@functools.cache
 def _decoy_hash() -> bytes:
     """A valid argon2id hash of a random password, made once (with zsec passwd's limits)."""
-    if not _DECOY:
-        _DECOY.append(hash_password(secrets.token_bytes(16)))
-    return _DECOY[0]
+    return hash_password(secrets.token_bytes(16))
 
 
 def _verify_hash(entry: bytes, password: bytes) -> bool:

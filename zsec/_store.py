@@ -488,8 +488,7 @@ class CertStore:
         seen = self._scan(tree, verdicts)
         self._dir_verdicts.update(verdicts)
         for path, cert in seen.items():
-            old = self._paths.get(path)
-            if old is not None:
+            if path in self._paths:
                 changed.add(self._remove(path))
             self._add(path, cert)
             changed.add(cert.public_key)
