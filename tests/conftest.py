@@ -1,23 +1,20 @@
-"""Shared test helpers: fixture locations, Hypothesis profiles, polling."""
+"""Fixtures and Hypothesis profiles; plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import zmq
 from hypothesis import HealthCheck, settings
 
-ROOT = Path(__file__).resolve().parent.parent
-# The golden files made by the real CZMQ live in the shared folder beside the
-# project; tests/fixtures/czmq is a copy of them for machines without it.
-_SHARED = ROOT.parent / "shared" / "fixtures" / "czmq"
-CZMQ_FIXTURES = _SHARED if (_SHARED / "manifest.json").is_file() else ROOT / "tests/fixtures/czmq"
+import zsec
+
+from .helpers import CZMQ_FIXTURES
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -30,22 +27,6 @@ settings.register_profile(
     suppress_health_check=list(HealthCheck),
 )
 settings.load_profile("long" if os.environ.get("ZSEC_FUZZ_EXAMPLES") else "ci")
-
-T = TypeVar("T")
-
-
-def wait_for(
-    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.005, what: str = ""
-) -> T:
-    """Poll ``condition`` until it returns a truthy value, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(interval)
 
 
 @pytest.fixture
@@ -64,3 +45,11 @@ def czmq_dir(tmp_path: Path) -> Path:
     for path in target.rglob("*"):
         path.chmod(0o700 if path.is_dir() else 0o600)
     return target
+
+
+@pytest.fixture
+def passwords(tmp_path: Path) -> zsec.PasswordFile:
+    """A password file with admin/secret and guest/guest-pw, re-checked on every login."""
+    path = tmp_path / "passwords.txt"
+    path.write_bytes(b"admin=secret\nguest=guest-pw\n")
+    return zsec.PasswordFile(path, check_interval=0)

@@ -17,8 +17,7 @@ import zmq.asyncio
 
 import zsec
 
-from .conftest import wait_for
-from .netutil import attempt, bind_loopback, login, serve, socket
+from .helpers import attempt, bind_loopback, login, serve, socket, wait_for
 
 
 @pytest.fixture

@@ -21,17 +21,17 @@ from hypothesis import strategies as st
 import zsec
 from zsec import _files
 
-from .conftest import CZMQ_FIXTURES
+from .helpers import (
+    CLIENT_PUBLIC,
+    CLIENT_PUBLIC_HEX,
+    CLIENT_SECRET,
+    CZMQ_FIXTURES,
+    SERVER_PUBLIC,
+    SERVER_SECRET,
+)
 
 MANIFEST = json.loads((CZMQ_FIXTURES / "manifest.json").read_text())
 LOADABLE = [f for f in MANIFEST["files"] if f["loadable"]]
-
-# libzmq doc/zmq_curve.adoc test keys (specs.md section 4).
-CLIENT_PUBLIC = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
-CLIENT_SECRET = "D:)Q[IlAW!ahhC2ac:9*A}h:p?([4%wOTJ%JR%cs"
-CLIENT_PUBLIC_HEX = "BB88471D65E2659B30C55A5321CEBB5AAB2B70A398645C26DCA2B2FCB43FC518"
-SERVER_PUBLIC = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
-SERVER_SECRET = "JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6"
 
 
 # -- the CZMQ fixtures ----------------------------------------------------

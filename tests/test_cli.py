@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 import zsec
+from zsec._passwords import PasswordFile
 from zsec.cli import main
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 
 class _Tty(io.StringIO):
@@ -323,3 +324,18 @@ def test_passwd_takes_any_bytes_without_a_traceback(tmp_path: Path) -> None:
     from zsec._passwords import PasswordFile
 
     assert PasswordFile(path).check(b"alice", b"caf\xe9") == b""
+
+
+def test_passwd_reads_any_bytes_under_a_strict_locale(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
+    done = subprocess.run(
+        [sys.executable, "-m", "zsec", "passwd", "p.txt", "alice", "--stdin"],
+        input=b"se\xffcret\n",
+        capture_output=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"Traceback" not in done.stderr and b"\xff" not in done.stdout + done.stderr
+    assert PasswordFile(tmp_path / "p.txt").check(b"alice", b"se\xffcret") == b""

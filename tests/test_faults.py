@@ -17,9 +17,8 @@ import zmq
 
 import zsec
 
-from .conftest import wait_for
-from .netutil import attempt, bind_loopback, serve
-from .netutil import login as plain_login
+from .helpers import attempt, bind_loopback, serve, wait_for
+from .helpers import login as plain_login
 
 
 def _curve_server(ctx: zmq.Context[Any], cert: zsec.Cert) -> tuple[zmq.Socket[Any], str]:
@@ -261,3 +260,36 @@ def test_requests_queued_at_stop_are_answered(
     stopper.join(10)
     assert replies == {b"A", b"B", b"C"} and not auth.running
     client.close()
+
+
+def test_the_pump_survives_a_raising_log_filter_and_sweep(
+    ctx: zmq.Context[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Broken(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            raise RuntimeError("a log filter with a bug")
+
+    swept: list[int] = []
+
+    def broken_sweep(self: zsec.FailureLimiter) -> None:
+        swept.append(1)
+        raise RuntimeError("sweep bug")
+
+    monkeypatch.setattr(zsec.FailureLimiter, "sweep", broken_sweep)
+    logger = logging.getLogger("zsec.auth")
+    bad = Broken()
+    logger.addFilter(bad)
+    try:
+        auth = zsec.Auth(ctx, verbose=True)  # every decision now logs through the filter
+        auth.set_failure_limit(3)
+        server = ctx.socket(zmq.PULL)
+        server.linger = 0
+        zsec.null_server(server)
+        endpoint = bind_loopback(server)
+        assert attempt(ctx, endpoint, lambda s: None)[0].ok
+        wait_for(lambda: swept, timeout=5, what="an idle sweep")
+        assert auth.running
+        assert attempt(ctx, endpoint, lambda s: None)[0].ok
+        auth.stop()
+    finally:
+        logger.removeFilter(bad)

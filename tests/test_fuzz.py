@@ -25,7 +25,7 @@ from zsec import _zap
 from zsec._passwords import parse_passwords
 from zsec._zpl import loads
 
-from .conftest import CZMQ_FIXTURES
+from .helpers import CZMQ_FIXTURES
 
 KNOWN = zsec.Cert()
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import zsec
 from zsec import _cert, _keys
 
-from .test_cert import CLIENT_PUBLIC, CLIENT_PUBLIC_HEX
+from .helpers import CLIENT_PUBLIC, CLIENT_PUBLIC_HEX
 
 ALPHABET = _keys._ALPHABET
 
@@ -83,7 +83,7 @@ def test_fast_reader_takes_the_files_zsec_czmq_and_pyzmq_write(tmp_path: object)
 
     import zmq.auth
 
-    from .conftest import CZMQ_FIXTURES
+    from .helpers import CZMQ_FIXTURES
 
     files = [p for p in (CZMQ_FIXTURES / "certs").iterdir() if not p.name.endswith("_secret")]
     cert = zsec.Cert()

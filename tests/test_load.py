@@ -11,7 +11,7 @@ import zmq
 
 import zsec
 
-from .conftest import wait_for
+from .helpers import wait_for
 
 CURVE_CLIENTS = 200
 PLAIN_CLIENTS = 100

@@ -22,7 +22,7 @@ from zsec._passwords import PasswordFile
 from zsec._zap import Policy, ZapRequest
 from zsec.cli import main
 
-from .netutil import attempt, bind_loopback
+from .helpers import attempt, bind_loopback
 
 PASSWORDS = ["Pl41n-Secret-Value", "Wr0ng-Guess-Value", "Hashed-Pass-Value", "Cli-Stdin-Value"]
 

@@ -18,7 +18,7 @@ import pytest
 import zsec
 from zsec import _store
 
-from .conftest import CZMQ_FIXTURES, wait_for
+from .helpers import CZMQ_FIXTURES, wait_for
 
 MANIFEST = json.loads((CZMQ_FIXTURES / "manifest.json").read_text())
 PUBLIC = {e["file"]: e for e in MANIFEST["files"] if e["loadable"] and e["kind"] == "public"}
@@ -647,3 +647,57 @@ def test_falls_back_to_polling_when_native_watching_fails(
         cert = _cert()
         _write_public(store_dir / "c.key", cert)
         wait_for(lambda: cert.public_key in store, what="change seen by the polling watcher")
+
+
+def test_an_inotify_overflow_rescans_even_with_logging_off(tmp_path: Path) -> None:
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
+
+    tmp_path.chmod(0o700)
+    cert = zsec.Cert()
+    cert.save_public(tmp_path / "c.key")
+    with zsec.CertStore(tmp_path) as store:
+        assert cert.public_key in store
+        with store._lock:  # pretend the events for a change were lost
+            store._paths.clear()
+            store._holders.clear()
+            store._publish({cert.public_key})
+        assert cert.public_key not in store
+        logging.disable(logging.CRITICAL)
+        try:
+            overflow = InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b"")
+            store._observer._inotify_fd.handle_event(overflow)
+            wait_for(lambda: cert.public_key in store, what="rescan after the overflow")
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def test_a_link_is_revoked_when_its_target_directory_becomes_unsafe(tmp_path: Path) -> None:
+    store_dir, target_dir = tmp_path / "store", tmp_path / "targets"
+    store_dir.mkdir(mode=0o700)
+    target_dir.mkdir(mode=0o755)
+    cert = zsec.Cert()
+    cert.save_public(target_dir / "c.key")
+    (store_dir / "c.key").symlink_to(target_dir / "c.key")
+    with zsec.CertStore(store_dir) as store:
+        assert cert.public_key in store
+        target_dir.chmod(0o777)
+        wait_for(lambda: cert.public_key not in store, what="unsafe target directory")
+        target_dir.chmod(0o755)
+        wait_for(lambda: cert.public_key in store, what="safe again")
+
+
+def test_audit_interval_must_be_a_real_number(tmp_path: Path) -> None:
+    for bad in (float("nan"), 0, -1, float("inf")):
+        with pytest.raises(zsec.ZsecValueError):
+            zsec.CertStore(tmp_path, audit_interval=bad)
+
+
+def test_the_overflow_hook_is_in_for_this_watchdog(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    with zsec.CertStore(tmp_path) as store:
+        assert store.observer_kind == "native"
+        emitters = list(store._observer.emitters)
+        assert emitters and all(
+            e._inotify.on_queue_overflow.__name__ == "on_overflow" for e in emitters
+        )
+    assert _store._hook_overflow(object(), None) is False  # no emitters: nothing to hook

@@ -13,9 +13,8 @@ import zsec
 from zsec._throttle import MAX_TRACKED
 from zsec._zap import BANNED, Policy
 
-from .conftest import wait_for
-from .netutil import login as plain_login
-from .netutil import serve
+from .helpers import login as plain_login
+from .helpers import serve, wait_for
 
 
 class Clock:
@@ -198,3 +197,25 @@ def test_ipv6_failures_count_per_64_prefix() -> None:
     assert limiter.banned == [b"2001:db8:1:2::/64"]
     other = [b"r", b"", b"1.0", b"1", b"d", b"2001:db8:1:3::1", b"", b"NULL"]
     assert status(policy, other)[0] == b"200"
+
+
+def test_reconfiguring_the_limit_keeps_bans() -> None:
+    auth_ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        with zsec.Auth(auth_ctx) as auth:
+            auth.set_failure_limit(1, 60, 300)
+            limiter = auth.policy.limiter
+            assert limiter is not None
+            limiter.failed(b"192.0.2.1")
+            auth.set_failure_limit(2, 60, 600)
+            assert auth.policy.limiter is limiter and limiter.banned == [b"192.0.2.1"]
+            assert limiter.max_failures == 2
+    finally:
+        auth_ctx.destroy(linger=0)
+
+
+def test_nat64_clients_count_as_their_ipv4_address() -> None:
+    from zsec._zap import limit_key
+
+    assert limit_key(b"64:ff9b::c000:201") == b"192.0.2.1"
+    assert limit_key(b"2001:db8::1") == b"2001:db8::/64"

@@ -13,7 +13,7 @@ import zsec
 from zsec import _zpl
 from zsec._zpl import MAX_ZPL_BYTES, dumps, format_value, loads
 
-from .conftest import CZMQ_FIXTURES
+from .helpers import CZMQ_FIXTURES
 
 KEY = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
 
@@ -204,3 +204,11 @@ def test_dumps_then_loads_round_trips(children: list[_zpl.ZplNode]) -> None:
         return (n.name, n.value, tuple(shape(c) for c in n.children))
 
     assert shape(back) == shape(root)
+
+
+def test_zpl_errors_do_not_quote_the_file() -> None:
+    for text, kind in (("name%value\n", "punctuation"), ("\x07bell = 1\n", "control")):
+        with pytest.raises(zsec.ZplError) as info:
+            zsec._zpl.loads(text)
+        assert kind in str(info.value)
+        assert text[0] not in str(info.value) or text[0] == "n"

@@ -6,22 +6,28 @@ directory of trusted certificates (zcertstore), and the socket helpers set
 up servers that refuse clients when no authenticator is running.
 """
 
-from ._auth import ZAP_ENDPOINT, Auth, AuthError
+from ._auth import ZAP_ENDPOINT, Auth
 from ._cert import Cert
 from ._errors import (
+    AddressError,
+    AuthError,
     CertificateError,
     FileAccessError,
+    HandshakeTimeout,
     KeyFormatError,
+    LimitError,
     MetadataError,
+    PasswordError,
+    SocketConfigError,
+    ZapError,
     ZplError,
     ZsecError,
     ZsecTypeError,
     ZsecValueError,
 )
-from ._monitor import Handshake, HandshakeMonitor, HandshakeTimeout
-from ._passwords import PasswordError, PasswordFile
+from ._monitor import Handshake, HandshakeMonitor
+from ._passwords import PasswordFile
 from ._sockets import (
-    SocketConfigError,
     curve_client,
     curve_server,
     null_server,
@@ -29,8 +35,8 @@ from ._sockets import (
     plain_server,
 )
 from ._store import CertStore, StoreChange
-from ._throttle import FailureLimiter, LimitError
-from ._zap import CURVE_ALLOW_ANY, AddressError, Policy, ZapError, ZapReply, ZapRequest
+from ._throttle import FailureLimiter
+from ._zap import CURVE_ALLOW_ANY, Policy, ZapReply, ZapRequest
 
 __version__ = "0.1.0"
 

@@ -17,28 +17,23 @@ from typing import Any
 
 import zmq
 
-from ._errors import ZsecError, ZsecTypeError
+from ._errors import AuthError, ZsecTypeError
 from ._passwords import PasswordFile
 from ._store import CertStore
 from ._throttle import FailureLimiter
-from ._zap import CURVE_ALLOW_ANY, MAX_FIELD, Policy, _AllowAny, error_reply, parse_address_rule
+from ._zap import (
+    CURVE_ALLOW_ANY,
+    Policy,
+    _AllowAny,
+    check_domain,
+    error_reply,
+    parse_address_rule,
+)
 
 log = logging.getLogger("zsec.auth")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _STOP_SECONDS = 5.0
-
-
-class AuthError(ZsecError, RuntimeError):
-    """The authenticator cannot start, or is used after ``stop()``."""
-
-
-def _check_domain(domain: object) -> str:
-    if not isinstance(domain, str):
-        raise ZsecTypeError(f"a ZAP domain must be str, not {type(domain).__name__}")
-    if len(domain.encode("utf-8")) > MAX_FIELD:
-        raise AuthError("a ZAP domain is at most 255 bytes")
-    return domain
 
 
 class Auth:
@@ -252,7 +247,7 @@ class Auth:
         hashed entries) and is reloaded when it changes. ``None`` removes
         the domain's PLAIN configuration.
         """
-        _check_domain(domain)
+        check_domain(domain)
         passwords = None if filename is None else PasswordFile(filename)
         with self._lock:
             self._check_running()
@@ -270,7 +265,7 @@ class Auth:
         live), a ``CertStore``, ``zsec.CURVE_ALLOW_ANY`` (any client that
         knows the server key) or ``None`` to remove the configuration.
         """
-        _check_domain(domain)
+        check_domain(domain)
         owned: CertStore | None = None
         source: CertStore | _AllowAny | None
         if location is None or location is CURVE_ALLOW_ANY or isinstance(location, CertStore):

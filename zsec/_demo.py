@@ -24,7 +24,7 @@ from ._zap import CURVE_ALLOW_ANY
 Setup = Callable[[zmq.Socket[Any]], None]
 
 
-class DemoFailure(Exception):
+class DemoFailure(Exception):  # internal: becomes a ZsecError in the CLI
     """A pattern did not behave as it must."""
 
 

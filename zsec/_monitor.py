@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ._errors import ZsecError, ZsecTypeError
+from ._errors import HandshakeTimeout, ZsecTypeError
 
 _names = itertools.count()
 
@@ -30,10 +30,6 @@ _ZAP_STATUS = {
     400: "refused by the authenticator (ZAP 400)",
     500: "the authenticator failed (ZAP 500)",
 }
-
-
-class HandshakeTimeout(ZsecError, TimeoutError):
-    """No handshake outcome arrived before the deadline."""
 
 
 class Handshake(NamedTuple):

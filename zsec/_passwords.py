@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import FileAccessError, ZsecError, ZsecTypeError
+from ._errors import FileAccessError, PasswordError, ZsecError, ZsecTypeError
 from ._files import SECRET_MODE, fspath, owner_to_keep, read_capped, write_atomic
 
 log = logging.getLogger("zsec.auth")
@@ -46,10 +46,6 @@ _DUMMY = _digest(b"")
 # A file changed this recently may still be being written: its last line,
 # if not yet ended by a newline, could be a cut-off password prefix.
 _SETTLE_SECONDS = 1.0
-
-
-class PasswordError(ZsecError, ValueError):
-    """A username or password cannot be stored in a password file."""
 
 
 def parse_passwords(data: bytes, *, complete: bool = True) -> dict[bytes, bytes]:

@@ -13,17 +13,13 @@ from typing import Any
 import zmq
 
 from ._cert import Cert
-from ._errors import ZsecError, ZsecTypeError
+from ._errors import SocketConfigError, ZsecTypeError
 from ._keys import coerce_key
-from ._zap import MAX_FIELD
+from ._zap import MAX_FIELD, check_domain
 
 # Not exported by every pyzmq build (it is a DRAFT option), but libzmq 4.3
 # accepts it in stable builds too (specs.md 2.1).
 ZAP_ENFORCE_DOMAIN = getattr(zmq, "ZAP_ENFORCE_DOMAIN", 93)
-
-
-class SocketConfigError(ZsecError, ValueError):
-    """A socket option value is not acceptable (for example an empty ZAP domain)."""
 
 
 def _check_socket(socket: Any) -> zmq.Socket[Any]:
@@ -33,14 +29,7 @@ def _check_socket(socket: Any) -> zmq.Socket[Any]:
 
 
 def _enforce_domain(socket: zmq.Socket[Any], domain: str) -> None:
-    if not isinstance(domain, str):
-        raise ZsecTypeError(f"domain must be str, not {type(domain).__name__}")
-    raw = domain.encode("utf-8")
-    if not raw or len(raw) > MAX_FIELD:
-        raise SocketConfigError(
-            "a server's ZAP domain must be 1-255 bytes: an empty domain lets libzmq skip "
-            "the authenticator"
-        )
+    raw = check_domain(domain, server=True).encode("utf-8")
     socket.setsockopt(zmq.ZAP_DOMAIN, raw)
     socket.setsockopt(ZAP_ENFORCE_DOMAIN, 1)
 

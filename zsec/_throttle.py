@@ -14,16 +14,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from ._errors import ZsecError, ZsecTypeError
+from ._errors import LimitError, ZsecTypeError
 
 log = logging.getLogger("zsec.auth")
 
 #: Most addresses tracked at once; beyond it the oldest records are dropped.
 MAX_TRACKED = 100_000
-
-
-class LimitError(ZsecError, ValueError):
-    """A failure-limit setting is out of range."""
 
 
 class FailureLimiter:

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._errors import ZsecError, ZsecTypeError
+from ._errors import AddressError, SocketConfigError, ZapError, ZsecTypeError
 from ._keys import KEY_BYTES, z85_encode
 
 if TYPE_CHECKING:
@@ -59,14 +59,6 @@ CURVE_ALLOW_ANY = _AllowAny()
 RESERVED_PROPERTIES = frozenset(
     {"user-id", "identity", "routing-id", "socket-type", "peer-address", "resource"}
 )
-
-
-class ZapError(ZsecError, ValueError):
-    """A ZAP request is malformed; ``status`` is the code to answer with (400)."""
-
-    def __init__(self, message: str, status: bytes = b"400") -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ZapRequest(NamedTuple):
@@ -220,6 +212,26 @@ def cert_properties(meta: Mapping[str, str]) -> bytes:
     )
 
 
+def check_domain(domain: object, *, server: bool = False) -> str:
+    """Return ``domain`` if it can be a ZAP domain, else raise.
+
+    A ZAP domain is text of at most 255 bytes (RFC 27). A server socket's
+    domain must also be non-empty: with an empty one libzmq skips the
+    authenticator for CURVE and NULL.
+    """
+    if not isinstance(domain, str):
+        raise ZsecTypeError(f"a ZAP domain must be str, not {type(domain).__name__}")
+    size = len(domain.encode("utf-8"))
+    if size > MAX_FIELD:
+        raise SocketConfigError(f"a ZAP domain is at most 255 bytes, got {size}")
+    if server and not size:
+        raise SocketConfigError(
+            "a server's ZAP domain must be 1-255 bytes: an empty domain lets libzmq skip "
+            "the authenticator"
+        )
+    return domain
+
+
 # -- addresses -------------------------------------------------------------------
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -246,10 +258,6 @@ def parse_address_rule(rule: object) -> Network:
         prefix = max(0, network.prefixlen - 96)
         return ipaddress.ip_network(f"{mapped}/{prefix}", strict=False)
     return network
-
-
-class AddressError(ZsecError, ValueError):
-    """An allow/deny rule is not an IP address or CIDR network."""
 
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
