@@ -103,7 +103,11 @@ class CertStore:
         if on_change is not None and not callable(on_change):
             raise ZsecTypeError("on_change must be callable")
         self._strict = bool(strict)
-        self._on_change = on_change
+        # Listeners, replaced as a whole (copy on write) so _notify can
+        # iterate without a lock.
+        self._listeners: tuple[Callable[[StoreChange], None], ...] = (
+            () if on_change is None else (on_change,)
+        )
         self._polling = bool(polling)
         self._audit_interval = float(audit_interval)
         if not 0 < self._audit_interval < math.inf:
@@ -241,6 +245,25 @@ class CertStore:
         where = self._root or "memory"
         state = " closed" if self._closed else ""
         return f"<CertStore {where} certs={len(self._snapshot)}{state}>"
+
+    def subscribe(self, listener: Callable[[StoreChange], None]) -> Callable[[], None]:
+        """Call ``listener(StoreChange)`` after every change; returns a function that unsubscribes.
+
+        Listeners run in the thread that made the change (the watcher, or
+        the caller of ``insert``/``reload``) right after the new set is in
+        force. They must be quick and must not call back into the store;
+        an exception is logged and ignored.
+        """
+        if not callable(listener):
+            raise ZsecTypeError("a store listener must be callable")
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return unsubscribe
 
     def _check_open(self) -> None:
         if self._closed:
@@ -801,7 +824,7 @@ class CertStore:
                 else:
                     new[key] = after
         self._snapshot = new
-        if self._on_change is None:
+        if not self._listeners:
             return
         added, removed, updated = [], [], []
         for key in keys:
@@ -816,12 +839,13 @@ class CertStore:
         self._notify(StoreChange(tuple(added), tuple(removed), tuple(updated)))
 
     def _notify(self, change: StoreChange) -> None:
-        if self._on_change is None or not change:
+        if not change:
             return
-        try:
-            self._on_change(change)
-        except Exception:
-            log.exception("certificate store on_change callback failed")
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception:
+                log.exception("certificate store listener failed")
 
 
 def _target_signature(path: str) -> tuple[int, ...] | None:
