@@ -47,22 +47,106 @@ def current_umask() -> int:
     return 0o022
 
 
-def read_capped(path: str, limit: int, what: str = "file") -> bytes:
-    """Read a whole regular file of at most ``limit`` bytes.
+# O_NONBLOCK: opening a FIFO must not wait for a writer (it would hang the
+# thread that asked, the ZAP thread included); O_NOCTTY: a terminal device
+# must not become the process's controlling terminal.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+#: Owners a strict check accepts: this process's user and root.
+TRUSTED_UIDS = (0, os.geteuid()) if hasattr(os, "geteuid") else (0,)
 
-    Raises ``FileAccessError``: with the OS errno when it cannot be read,
-    without one when it is larger than ``limit``.
+
+def read_regular(
+    path: str,
+    limit: int,
+    what: str = "file",
+    *,
+    dir_fd: int | None = None,
+    name: str | None = None,
+) -> tuple[bytes, os.stat_result]:
+    """Read a whole regular file of at most ``limit`` bytes, without ever blocking.
+
+    The one reader for every file zsec opens. Returns the content and the
+    ``fstat`` of the file that was read, so that checks on owner and mode
+    describe the same file as the content. With ``dir_fd`` the file is
+    opened as ``name`` relative to that directory.
+
+    Raises ``FileAccessError``: with the OS errno (ENOENT, EACCES, ...)
+    when it cannot be opened or read; without one when it is not a regular
+    file (a FIFO, a device, a directory) or is larger than ``limit``.
     """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
+        if dir_fd is None:
+            fd = os.open(path, _OPEN_FLAGS)
+        else:
+            fd = os.open(name if name is not None else path, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
         raise FileAccessError(
             f"cannot read {what} {path}: {exc.strerror or exc}", errno=exc.errno, filename=path
         ) from None
-    if len(data) > limit:
-        raise FileAccessError(f"{what} {path} is larger than {limit} bytes", filename=path)
-    return data
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileAccessError(f"{what} {path} is not a regular file", filename=path)
+        if st.st_size > limit:
+            raise FileAccessError(f"{what} {path} is larger than {limit} bytes", filename=path)
+        # One read of size+1 bytes normally reaches the end; a file that
+        # grows meanwhile is read on, up to the cap.
+        data = os.read(fd, st.st_size + 1)
+        if len(data) > st.st_size:
+            while len(data) <= limit:
+                chunk = os.read(fd, limit + 1 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+            if len(data) > limit:
+                raise FileAccessError(f"{what} {path} is larger than {limit} bytes", filename=path)
+    except OSError as exc:
+        raise FileAccessError(
+            f"cannot read {what} {path}: {exc.strerror or exc}", errno=exc.errno, filename=path
+        ) from None
+    finally:
+        os.close(fd)
+    return data, st
+
+
+def read_capped(path: str, limit: int, what: str = "file") -> bytes:
+    """Read a whole regular file of at most ``limit`` bytes (``read_regular`` without the stat)."""
+    return read_regular(path, limit, what)[0]
+
+
+def mode_problem(st: os.stat_result, path: str, what: str, opt_out: str) -> str | None:
+    """Why a file or directory with this stat cannot be trusted, or None.
+
+    The one ownership rule (OpenSSH's StrictModes): nothing that group or
+    others can write, nothing owned by another user than this process's or
+    root. The message names the fix and ``opt_out``, how to turn the check
+    off (for example ``CertStore(..., strict=False)``).
+    """
+    if st.st_mode & 0o022:
+        return (
+            f"{what} mode {stat.S_IMODE(st.st_mode):04o} is writable by group or others, "
+            f"so they could change who is trusted; fix: chmod go-w {path} (or use {opt_out})"
+        )
+    if st.st_uid not in TRUSTED_UIDS:
+        me = TRUSTED_UIDS[-1]
+        return (
+            f"{what} is owned by uid {st.st_uid}, not by this process (uid {me}) "
+            f"or root; fix: chown {me} {path} (or use {opt_out})"
+        )
+    return None
+
+
+def stat_signature(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file's content, identity or permissions change."""
+    return (
+        st.st_dev,
+        st.st_ino,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_size,
+        st.st_mode,
+        st.st_uid,
+    )
 
 
 def write_atomic(
@@ -152,9 +236,13 @@ def _fsync_dir(directory: str) -> None:
 __all__ = [
     "PUBLIC_MODE",
     "SECRET_MODE",
+    "TRUSTED_UIDS",
     "current_umask",
     "fspath",
+    "mode_problem",
     "owner_to_keep",
     "read_capped",
+    "read_regular",
+    "stat_signature",
     "write_atomic",
 ]
