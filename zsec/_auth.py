@@ -46,7 +46,7 @@ class Auth:
     and CURVE ones.
 
     Security: libzmq admits CURVE clients without asking anyone when no
-    authenticator is bound (specs.md 2.1). Configure server sockets with
+    authenticator is bound (docs/protocol.md, section 4). Configure server sockets with
     ``zsec.curve_server`` / ``plain_server`` / ``null_server`` so that a
     stopped or missing authenticator refuses clients instead.
     """

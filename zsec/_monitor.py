@@ -1,7 +1,7 @@
 """HandshakeMonitor: learn whether a connection's security handshake succeeded, and why not.
 
 A refused client is otherwise invisible in ZeroMQ: messages simply never
-arrive. libzmq reports the outcome as socket monitor events (specs.md 2.5);
+arrive. libzmq reports the outcome as socket monitor events (docs/protocol.md, section 5);
 this reads them and says what they mean.
 """
 

@@ -1,7 +1,7 @@
 """Socket helpers that make secured servers fail closed.
 
 libzmq only insists on an authenticator when a server socket has a ZAP
-domain and ZAP_ENFORCE_DOMAIN set (specs.md 2.1-2.2): without them a CURVE
+domain and ZAP_ENFORCE_DOMAIN set (docs/protocol.md, section 4): without them a CURVE
 server admits every client that knows its key whenever no authenticator is
 bound. Every server helper here sets both. Call them before bind/connect.
 """
@@ -18,7 +18,7 @@ from ._keys import coerce_key
 from ._zap import MAX_FIELD, check_domain
 
 # Not exported by every pyzmq build (it is a DRAFT option), but libzmq 4.3
-# accepts it in stable builds too (specs.md 2.1).
+# accepts it in stable builds too (docs/protocol.md, section 4).
 ZAP_ENFORCE_DOMAIN = getattr(zmq, "ZAP_ENFORCE_DOMAIN", 93)
 
 

@@ -2,7 +2,7 @@
 
 ``ZapRequest.from_frames`` validates a request, ``Policy.decide`` answers
 it, ``ZapReply.frames`` encodes the answer exactly as libzmq requires
-(specs.md 2.3). ``Policy.handle`` composes the three on raw ROUTER frames
+(docs/protocol.md, section 3). ``Policy.handle`` composes the three on raw ROUTER frames
 for the authenticator thread, with caches that keep the common cases to a
 few dictionary lookups.
 """
@@ -53,7 +53,7 @@ class _AllowAny:
 
 CURVE_ALLOW_ANY = _AllowAny()
 
-# ZAP metadata names that libzmq gives a meaning of its own (specs.md 1.6):
+# ZAP metadata names that libzmq gives a meaning of its own (docs/protocol.md, section 2):
 # from a certificate they could change a peer's routing id or fail every
 # handshake, so they are never sent.
 RESERVED_PROPERTIES = frozenset(
