@@ -276,6 +276,7 @@ def test_verbose_trace(
     _server_kept, endpoint = serve(ctx, zsec.plain_server)
     attempt(ctx, endpoint, lambda s: zsec.plain_client(s, "admin", "s3cret-value"))
     attempt(ctx, endpoint, lambda s: zsec.plain_client(s, "admin", "bad-guess"))
+    assert auth.flush_events()  # decisions are logged from the events thread
     assert "ALLOWED (PLAIN) domain=global address=127.0.0.1 username=admin" in caplog.text
     assert "DENIED (PLAIN)" in caplog.text and "wrong password" in caplog.text
     assert "s3cret-value" not in caplog.text and "bad-guess" not in caplog.text

@@ -25,6 +25,7 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
+from ._events import AuditLog, Decision, TrustChange
 from ._monitor import Handshake, HandshakeMonitor
 from ._passwords import PasswordFile
 from ._sockets import (
@@ -44,11 +45,13 @@ __all__ = [
     "CURVE_ALLOW_ANY",
     "ZAP_ENDPOINT",
     "AddressError",
+    "AuditLog",
     "Auth",
     "AuthError",
     "Cert",
     "CertStore",
     "CertificateError",
+    "Decision",
     "FailureLimiter",
     "FileAccessError",
     "Handshake",
@@ -62,6 +65,7 @@ __all__ = [
     "Policy",
     "SocketConfigError",
     "StoreChange",
+    "TrustChange",
     "ZapError",
     "ZapReply",
     "ZapRequest",

@@ -13,11 +13,19 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from ._errors import AuthError, ZsecTypeError
+from ._events import (
+    AuditLog,
+    Event,
+    EventHub,
+    metrics_registry,
+    start_metrics_server,
+)
 from ._passwords import PasswordFile
 from ._store import CertStore
 from ._throttle import FailureLimiter
@@ -82,6 +90,11 @@ class Auth:
                 ) from None
             raise AuthError(f"cannot bind {ZAP_ENDPOINT}: {exc}") from None
         self._socket = socket
+        # Decisions and trust changes flow to logs, audit, metrics and
+        # subscribers through the hub's own thread, never blocking this one.
+        self._events = EventHub(lambda: self._policy)
+        self._metrics_server: Any = None
+        self._policy = self._policy.replace(emit=self._events.post)
         self._thread = threading.Thread(target=self._run, name="zsec-auth", daemon=True)
         self._thread.start()
         log.debug("authenticator started on %s", ZAP_ENDPOINT)
@@ -185,7 +198,10 @@ class Auth:
 
     @property
     def verbose(self) -> bool:
-        """Whether each decision is logged (INFO, ``zsec.auth`` logger; no passwords)."""
+        """Whether allowed decisions are logged at INFO rather than DEBUG (``zsec.auth``).
+
+        Refusals are logged at INFO either way; no line holds a password.
+        """
         return self._policy.verbose
 
     @verbose.setter
@@ -217,9 +233,9 @@ class Auth:
                 # Same object, new limits: bans and counts in progress carry on.
                 current.reconfigure(max_failures, window, ban)
             else:
-                self._policy = self._policy.replace(
-                    limiter=FailureLimiter(max_failures, window, ban)
-                )
+                limiter = FailureLimiter(max_failures, window, ban)
+                limiter.on_ban = self._events.ban_listener
+                self._policy = self._policy.replace(limiter=limiter)
 
     def allow(self, *addresses: str) -> None:
         """Admit only these addresses (IPs or CIDR networks); overrides ``deny``.
@@ -290,6 +306,7 @@ class Auth:
             previous = self._owned.pop(domain, None)
             if owned is not None:
                 self._owned[domain] = owned
+            self._events.watch_stores(self._policy.curve)
         if previous is not None:
             previous.close()
 
@@ -313,6 +330,11 @@ class Auth:
             log.error("authenticator thread did not stop within %.0fs", _STOP_SECONDS)
         for store in owned:
             store.close()
+        self._events.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
 
     def _wake(self) -> None:
         try:
@@ -346,3 +368,63 @@ class Auth:
             f"<zsec.Auth {state} allow={len(self._policy.allow)} deny={len(self._policy.deny)} "
             f"plain={sorted(self._policy.plain)} curve={sorted(self._policy.curve)}>"
         )
+
+    # -- operations: events, audit, metrics --------------------------------------
+
+    def subscribe(
+        self, callback: Callable[[Event], object], *, queue_size: int = 65_536
+    ) -> Callable[[], None]:
+        """Call ``callback(event)`` for every decision and trust change; returns an unsubscriber.
+
+        Events are ``zsec.Decision`` and ``zsec.TrustChange`` values
+        (immutable, never holding a password or secret key), delivered in
+        order from a thread of this subscription's own. A slow, blocking or
+        raising callback never delays authentication: when ``queue_size``
+        events wait for it, newer ones are dropped and counted
+        (``dropped_events``); its exceptions are logged and ignored.
+        """
+        return self._events.subscribe(callback, queue_size)
+
+    def audit_log(self, path: Any) -> AuditLog | None:
+        """Append every decision and trust change to ``path`` as JSON lines; None stops.
+
+        Each line is one JSON object written in one ``os.write`` on an
+        ``O_APPEND`` file (mode 0600 when created), so a crash leaves no
+        half line; a rotated file (renamed away) is noticed and the path
+        reopened, losing nothing. The schema is in docs/operations.md.
+        """
+        audit = None if path is None else AuditLog(path)
+        self._events.set_audit(audit)
+        return audit
+
+    def enable_metrics(self, registry: Any = None) -> Any:
+        """Export Prometheus metrics into ``registry`` (a new one by default) and return it.
+
+        Needs ``pip install 'zsec[metrics]'`` (prometheus_client); raises
+        ``AuthError`` without it.
+        """
+        return metrics_registry(self._events.enable_metrics(), registry)
+
+    def serve_metrics(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Serve Prometheus metrics at ``http://addr:port/metrics``; returns the port.
+
+        Bound to loopback unless ``addr`` says otherwise; ``port=0`` picks a
+        free port. One server per authenticator, shut down by ``stop()``.
+        """
+        with self._lock:
+            self._check_running()
+            if self._metrics_server is not None:
+                raise AuthError("this authenticator already serves metrics")
+            metrics = self._events.enable_metrics()
+            server, _ = start_metrics_server(metrics, port, addr)
+            self._metrics_server = server
+        return int(server.server_port)
+
+    def flush_events(self, timeout: float = 5.0) -> bool:
+        """Wait until events so far are logged, audited, counted and queued to subscribers."""
+        return self._events.flush(timeout)
+
+    @property
+    def dropped_events(self) -> int:
+        """Events dropped so far because a queue was full."""
+        return self._events.dropped

@@ -8,6 +8,7 @@ the ban ends. Time comes from an injectable clock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -38,6 +39,9 @@ class FailureLimiter:
         self._failures: dict[bytes, deque[float]] = {}
         self._banned: dict[bytes, float] = {}
         self._next_sweep = 0.0
+        #: Called as ``on_ban(address, started, seconds)`` when a ban starts or
+        #: ends (in the thread that noticed); must be quick; errors are ignored.
+        self.on_ban: Callable[[bytes, bool, float], None] | None = None
 
     def reconfigure(self, max_failures: int, window: float, ban: float) -> None:
         """Change the limits; bans and counts in progress are kept."""
@@ -90,6 +94,7 @@ class FailureLimiter:
                 self.max_failures,
                 self.window,
             )
+            self._tell(address, True)
         if now >= self._next_sweep:
             self.sweep()
 
@@ -113,6 +118,13 @@ class FailureLimiter:
     def _end(self, address: bytes) -> None:
         if self._banned.pop(address, None) is not None:
             log.warning("ban on address %s ended", _show(address))
+            self._tell(address, False)
+
+    def _tell(self, address: bytes, started: bool) -> None:
+        listener = self.on_ban
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                listener(address, started, self.ban)
 
 
 def _show(address: bytes) -> str:

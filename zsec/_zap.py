@@ -14,7 +14,8 @@ import functools
 import ipaddress
 import logging
 import struct
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._errors import AddressError, SocketConfigError, ZapError, ZsecTypeError
@@ -340,6 +341,7 @@ class Policy:
         "allow",
         "curve",
         "deny",
+        "emit",
         "limiter",
         "plain",
         "verbose",
@@ -354,6 +356,7 @@ class Policy:
         curve: Mapping[str, CertStore | _AllowAny] | None = None,
         verbose: bool = False,
         limiter: FailureLimiter | None = None,
+        emit: Callable[..., None] | None = None,
     ) -> None:
         put = object.__setattr__
         put(self, "allow", tuple(parse_address_rule(r) for r in allow))
@@ -362,6 +365,9 @@ class Policy:
         put(self, "curve", dict(curve or {}))
         put(self, "verbose", bool(verbose))
         put(self, "limiter", limiter)
+        # Receives each decision (t0, request, reply, cert, frames): the
+        # authenticator's event hub. It must not block or raise.
+        put(self, "emit", emit)
         # Byte-keyed views for the request path, and caches of derived answers
         # (valid for this policy only, since a new policy starts empty).
         put(self, "_plain", {k.encode(): v for k, v in self.plain.items()})
@@ -378,6 +384,7 @@ class Policy:
             "curve": self.curve,
             "verbose": self.verbose,
             "limiter": self.limiter,
+            "emit": self.emit,
         }
         fields.update(changes)
         return Policy(**fields)
@@ -388,6 +395,7 @@ class Policy:
     curve: dict[str, CertStore | _AllowAny]
     verbose: bool
     limiter: FailureLimiter | None
+    emit: Callable[..., None] | None
     _plain: dict[bytes, PasswordFile]
     _curve: dict[bytes, CertStore | _AllowAny]
     _address_cache: dict[bytes, bytes]
@@ -489,6 +497,8 @@ class Policy:
         reply), or None to drop a message that has no envelope. Never
         raises: a malformed request gets a 400 and an internal failure a 500.
         """
+        emit = self.emit
+        t0 = time.perf_counter() if emit is not None else 0.0
         start = envelope_end(frames)
         if start is None:
             log.warning("dropped a message without a ZAP envelope (%d frames)", len(frames))
@@ -496,8 +506,13 @@ class Policy:
         try:
             request = ZapRequest.from_frames(frames, start)
         except ZapError as exc:
-            log.warning("malformed ZAP request: %s", exc)
-            return error_reply(frames, exc.status, str(exc).encode())
+            reply_frames = error_reply(frames, exc.status, str(exc).encode())
+            if emit is None:
+                log.warning("malformed ZAP request: %s", exc)
+            elif reply_frames is not None:
+                with contextlib.suppress(Exception):
+                    emit(t0, None, ZapReply(*reply_frames[start + 1 : start + 6]), None, frames)
+            return reply_frames
         try:
             reply = self.decide(request)
         except Exception as exc:  # noqa: BLE001 - the handler must answer whatever happens
@@ -512,7 +527,13 @@ class Policy:
         try:
             if self.limiter is not None and reply.status_text in CLIENT_FAULTS:
                 self.limiter.failed(limit_key(request.address))
-            if self.verbose:
+            if emit is not None:
+                cert = None
+                if reply.status_code == b"200" and request.mechanism == b"CURVE":
+                    entry = self._curve_cache.get(request.credentials[0])
+                    cert = None if entry is None or entry[0] is CURVE_ALLOW_ANY else entry[0]
+                emit(t0, request, reply, cert)
+            elif self.verbose:
                 _trace(request, reply)
         except Exception:
             with contextlib.suppress(Exception):

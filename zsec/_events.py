@@ -1,0 +1,978 @@
+"""Decision and trust-change events: the hub, the logging sink, the audit log and metrics.
+
+The ZAP thread hands each decision to ``EventHub.post`` as a cheap tuple (two
+clock reads and a deque append); everything else happens in the hub's own
+dispatcher thread, in batches: building the immutable event, logging it,
+writing the audit line, counting metrics, and handing the batch to each
+subscriber's own queue and thread. Every queue is bounded: when one is full
+the event is dropped and counted, never waited for, so a slow, blocking or
+raising subscriber cannot slow or stop authentication. Drops are logged once
+per interval and counted in ``zsec_events_dropped_total``.
+
+No event carries a password or a secret key: a decision names the PLAIN
+username and the CURVE client's public key, never the password.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import json
+import logging
+import os
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ._errors import AuthError, ZsecTypeError
+from ._files import fspath
+from ._keys import z85_encode
+
+if TYPE_CHECKING:
+    from ._cert import Cert
+    from ._store import CertStore, StoreChange
+    from ._zap import Policy, ZapReply, ZapRequest
+
+log = logging.getLogger("zsec.auth")
+trust_log = logging.getLogger("zsec.trust")
+
+#: Events waiting for the dispatcher, and for each subscriber, before new ones are dropped.
+QUEUE_LIMIT = 65_536
+#: At most one "events dropped" warning per this many seconds (per queue).
+DROP_REPORT_SECONDS = 10.0
+# After a busy batch the dispatcher pauses this long so that the next batch
+# is bigger: fewer wake-ups, less GIL traffic with the ZAP thread.
+_BATCH_PAUSE = 0.005
+_IDLE_WAKE = 1.0
+
+# Reasons the policy gives, as short stable codes (metrics labels, audit).
+_REASON_CODES = {
+    "OK": "ok",
+    "address banned after repeated failures": "banned",
+    "unknown user": "unknown-user",
+    "wrong password": "wrong-password",
+    "unknown CURVE key": "unknown-key",
+    "address not in the allow list": "not-allowed",
+    "address is in the deny list": "denied",
+    "no PLAIN passwords for this domain": "not-configured",
+    "no CURVE configuration for this domain": "not-configured",
+    "password file unavailable": "passwords-unavailable",
+    "internal error": "internal-error",
+    "authenticator stopping": "stopping",
+}
+
+
+def reason_code(reason: str, status: int) -> str:
+    """The stable short code of a decision's reason ("ok", "wrong-password", "malformed"...)."""
+    code = _REASON_CODES.get(reason)
+    if code is not None:
+        return code
+    return "malformed" if status == 400 else "other"
+
+
+def _text(value: bytes) -> str:
+    # Peer-supplied bytes: keep them readable and lossless without ever
+    # failing; the JSON encoder and the log formatter escape the rest.
+    return value.decode("utf-8", "backslashreplace")
+
+
+def _iso(when: float) -> str:
+    stamp = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Decision(NamedTuple):
+    """One ZAP decision, immutable. Never holds a password or a secret key.
+
+    ``time`` is wall-clock seconds since the epoch; ``verdict`` is
+    ``"allowed"`` (status 200), ``"refused"`` (300/400) or ``"error"`` (500);
+    ``reason`` is the ZAP status text and ``reason_code`` its stable short
+    form; ``latency`` is the seconds from receiving the request to having the
+    reply. ``username`` is set for PLAIN, ``key`` (the client's Z85 public
+    key) for CURVE, ``cert_name`` when a trusted certificate with a ``name``
+    metadata entry matched. A malformed request has ``mechanism`` as sent
+    (possibly empty) and reason code ``"malformed"``.
+    """
+
+    time: float
+    mechanism: str
+    domain: str
+    address: str
+    username: str | None
+    key: str | None
+    cert_name: str | None
+    verdict: str
+    status: int
+    reason: str
+    reason_code: str
+    latency: float
+
+    @property
+    def kind(self) -> str:
+        """``"decision"``."""
+        return "decision"
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+    def to_dict(self) -> dict[str, Any]:
+        """The audit-log object: ``event``, ``time`` as ISO 8601 UTC, then every field."""
+        out: dict[str, Any] = {"event": "decision", **self._asdict()}
+        out["time"] = _iso(self.time)
+        out["latency"] = round(self.latency, 7)
+        return out
+
+
+class TrustChange(NamedTuple):
+    """A change to what is trusted, immutable. Never holds a secret key.
+
+    ``action`` is one of ``key-added``, ``key-revoked``, ``key-updated``
+    (a trusted key's certificate metadata changed), ``store-unavailable``,
+    ``store-ready``, ``ban-started``, ``ban-ended``, ``session-cut``.
+    ``store`` is the store's directory (``"memory"`` for an in-memory
+    store), ``domain`` the ZAP domain it serves, ``source`` the file the
+    key came from when known, ``address`` the banned address, ``duration``
+    a ban's length in seconds.
+    """
+
+    time: float
+    action: str
+    domain: str | None = None
+    store: str | None = None
+    key: str | None = None
+    cert_name: str | None = None
+    source: str | None = None
+    address: str | None = None
+    duration: float | None = None
+    reason: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``"trust"``."""
+        return "trust"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The audit-log object: ``event``, ``time`` as ISO 8601 UTC, then every field."""
+        out: dict[str, Any] = {"event": "trust", **self._asdict()}
+        out["time"] = _iso(self.time)
+        return out
+
+
+Event = Decision | TrustChange
+
+# What the ZAP thread posts: (t0, t1, request or None, reply, cert or None,
+# frames or None). perf_counter times; the wall clock is derived later.
+_Raw = tuple[float, float, "ZapRequest | None", "ZapReply", "Cert | None", "list[bytes] | None"]
+
+
+def _cert_name(cert: Cert | None) -> str | None:
+    if cert is None:
+        return None
+    return cert._meta.get("name")
+
+
+class _Anchor:
+    """Turns perf_counter readings into wall-clock times, re-anchored per batch."""
+
+    __slots__ = ("perf", "wall")
+
+    def __init__(self) -> None:
+        self.wall = time.time()
+        self.perf = time.perf_counter()
+
+    def at(self, perf: float) -> float:
+        return self.wall - (self.perf - perf)
+
+
+def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
+    """Make the immutable event from what the ZAP thread posted."""
+    t0, t1, request, reply, cert, frames = raw
+    status_text = reply.status_text.decode("utf-8", "replace")
+    try:
+        status = int(reply.status_code)
+    except ValueError:
+        status = 500
+    username = key = None
+    if request is not None:
+        mechanism = request.mechanism.decode("ascii", "replace")
+        domain, address = _text(request.domain), _text(request.address)
+        if mechanism == "PLAIN":
+            username = _text(request.credentials[0])
+        elif mechanism == "CURVE":
+            key = z85_encode(request.credentials[0])
+    else:
+        # A malformed request: what can be read of it, never the credentials.
+        fields = ["", "", ""]
+        if frames is not None:
+            start = 0
+            with contextlib.suppress(ValueError):
+                start = frames.index(b"", 1) + 1 if len(frames) > 1 else 0
+            for i, at in enumerate((start + 5, start + 2, start + 3)):
+                if start and len(frames) > at:
+                    fields[i] = _text(frames[at][:255])
+        mechanism, domain, address = fields
+    if status == 200:
+        verdict = "allowed"
+    elif status == 500:
+        verdict = "error"
+    else:
+        verdict = "refused"
+    return Decision(
+        anchor.at(t0),
+        mechanism,
+        domain,
+        address,
+        username,
+        key,
+        _cert_name(cert),
+        verdict,
+        status,
+        status_text,
+        reason_code(status_text, status),
+        t1 - t0,
+    )
+
+
+# -- logging -----------------------------------------------------------------------
+
+
+def _show(text: str | None, limit: int = 80) -> str:
+    """A field for a log message: one line, printable, bounded."""
+    if text is None:
+        return "-"
+    shown = text[:limit].encode("unicode_escape").decode("ascii")
+    return shown + ("..." if len(text) > limit else "")
+
+
+_LABELS = {"banned": "banned", "denied": "deny list", "not-allowed": "allow list"}
+_VERDICTS = {"allowed": "ALLOWED", "refused": "DENIED", "error": "ERROR"}
+
+
+def log_extra(event: Event) -> dict[str, Any]:
+    """The event's fields for ``extra=``: each name prefixed with ``zsec_``."""
+    extra = {f"zsec_{name}": value for name, value in event._asdict().items()}
+    extra["zsec_event"] = event.kind
+    return extra
+
+
+def log_event(event: Event, verbose: bool) -> None:
+    """Log one event the operations way (refusals INFO, allowed DEBUG unless verbose).
+
+    Decisions go to the ``zsec.auth`` logger, trust changes to ``zsec.trust``;
+    the event's fields ride along in ``extra=`` (``zsec_mechanism``,
+    ``zsec_reason``...) for structured formatters.
+    """
+    if isinstance(event, Decision):
+        if event.status == 200:
+            level = logging.INFO if verbose else logging.DEBUG
+        elif event.status == 500 or event.reason_code == "malformed":
+            level = logging.WARNING
+        else:
+            level = logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        # CZMQ's trace line, with the certificate's name added.
+        label = _LABELS.get(event.reason_code) or _show(event.mechanism) or "?"
+        detail = f"domain={_show(event.domain)} address={_show(event.address)}"
+        if event.username is not None:
+            detail += f" username={_show(event.username)}"
+        elif event.key is not None:
+            detail += f" client_key={event.key}"
+        if event.cert_name is not None:
+            detail += f" name={_show(event.cert_name)}"
+        reason = "" if event.status == 200 else f": {_show(event.reason, 200)}"
+        log.log(
+            level,
+            "%s (%s) %s%s",
+            _VERDICTS[event.verdict],
+            label,
+            detail,
+            reason,
+            extra=log_extra(event),
+        )
+        return
+    if event.action in ("ban-started", "ban-ended"):
+        return  # the limiter logs bans itself (WARNING, zsec.auth)
+    level = logging.WARNING if event.action == "store-unavailable" else logging.INFO
+    if not trust_log.isEnabledFor(level):
+        return
+    detail = ""
+    if event.key is not None:
+        detail += f" key {event.key}"
+    if event.cert_name is not None:
+        detail += f" ({_show(event.cert_name)})"
+    if event.source is not None:
+        detail += f" from {_show(event.source, 200)}"
+    if event.address is not None:
+        detail += f" address {_show(event.address)}"
+    where = f" store {_show(event.store, 200)}" if event.store is not None else ""
+    if event.domain is not None:
+        where += f" domain {_show(event.domain)}"
+    reason = f": {_show(event.reason, 200)}" if event.reason else ""
+    trust_log.log(level, "%s%s;%s%s", event.action, detail, where, reason, extra=log_extra(event))
+
+
+# -- the audit log -------------------------------------------------------------------
+
+_AUDIT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+
+
+def audit_line(event: Event) -> bytes:
+    """One audit-log line: a JSON object and a newline, ASCII only."""
+    return (_encode(event.to_dict()) + "\n").encode("ascii")
+
+
+class AuditLog:
+    """An append-only JSON-lines file of events that survives crashes and rotation.
+
+    Each line goes out in one ``os.write`` on an ``O_APPEND`` descriptor, so
+    a crashing writer never leaves half a line behind it (a torn last line
+    from any other cause is closed with a newline at the next open). Before
+    each batch the path is compared with the open file (device and inode):
+    after a rotation (rename, then the old name is free) the file is
+    reopened, so lines go to the old file until the rename and to the new
+    one after, and none is lost; ``reopen()`` does it at once (for SIGHUP).
+    New files are created with mode 0600: usernames and addresses are
+    personal data.
+    """
+
+    def __init__(self, path: Any) -> None:
+        self.path = fspath(path, "audit log path")
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._id: tuple[int, int] = (0, 0)
+        self.lines = 0
+        self.errors = 0
+        self._next_error_report = 0.0
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            fd = os.open(self.path, _AUDIT_FLAGS, 0o600)
+        except OSError as exc:
+            raise AuthError(f"cannot open audit log {self.path}: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if st.st_size:
+            # A line torn by something worse than a crash (power loss): end
+            # it, so the next line parses.
+            with contextlib.suppress(OSError):
+                if os.pread(fd, 1, st.st_size - 1) != b"\n":
+                    os.write(fd, b"\n")
+        old, self._fd, self._id = self._fd, fd, (st.st_dev, st.st_ino)
+        if old >= 0:
+            os.close(old)
+
+    def reopen(self) -> None:
+        """Open the path again now (after the file was renamed away, e.g. on SIGHUP)."""
+        with self._lock:
+            if self._fd >= 0:
+                self._open()
+
+    def _rotated(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._id
+
+    def write(self, events: Iterable[Event]) -> None:
+        """Append one line per event; I/O errors are counted and logged, never raised."""
+        with self._lock:
+            if self._fd < 0:
+                return
+            try:
+                if self._rotated():
+                    self._open()
+            except (OSError, AuthError) as exc:
+                self._failed(exc)
+            fd, write = self._fd, os.write
+            for event in events:
+                line = audit_line(event)
+                try:
+                    done = write(fd, line)
+                    while done < len(line):  # a short write (disk nearly full)
+                        done += write(fd, line[done:])
+                    self.lines += 1
+                except OSError as exc:
+                    self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        if now >= self._next_error_report:
+            self._next_error_report = now + DROP_REPORT_SECONDS
+            log.error("cannot write audit log %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        """Close the file; later writes are ignored. Idempotent."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __repr__(self) -> str:
+        return f"<zsec.AuditLog {self.path} lines={self.lines}>"
+
+
+def read_audit(lines: Iterable[bytes | str]) -> Iterator[dict[str, Any]]:
+    """Parse audit lines; a line that is not a JSON object is skipped."""
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            yield value
+
+
+# -- metrics -------------------------------------------------------------------------
+
+LATENCY_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+
+class Metrics:
+    """Prometheus metrics for one authenticator, kept as plain counts and read at scrape time.
+
+    Counting is done in the dispatcher thread in batches (a dict update per
+    event); ``collect`` turns the counts into metric families when
+    Prometheus scrapes. Labels are bounded: mechanism, a configured domain
+    (any other is ``"other"``), verdict and reason code; never a key,
+    username or address.
+    """
+
+    def __init__(self, hub: EventHub) -> None:
+        self._hub = hub
+        self._lock = threading.Lock()
+        self.decisions: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+        # mechanism -> [bucket counts..., +Inf count], sum
+        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        self.trust: collections.Counter[str] = collections.Counter()
+        self.registries: list[Any] = []
+
+    def count(self, events: list[Event], domains: frozenset[str]) -> None:
+        decisions: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+        trust: collections.Counter[str] = collections.Counter()
+        latency: dict[str, list[float]] = {}
+        for event in events:
+            if type(event) is Decision:
+                mechanism = event.mechanism if event.mechanism in _MECHANISMS else "other"
+                domain = event.domain if event.domain in domains else "other"
+                decisions[mechanism, domain, event.verdict, event.reason_code] += 1
+                latency.setdefault(mechanism, []).append(event.latency)
+            else:
+                trust[event.action] += 1  # type: ignore[union-attr]
+        with self._lock:
+            self.decisions.update(decisions)
+            self.trust.update(trust)
+            for mechanism, values in latency.items():
+                buckets, total = self._latency.setdefault(
+                    mechanism, ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+                )
+                for value in values:
+                    buckets[bisect_left(LATENCY_BUCKETS, value)] += 1
+                total[0] += sum(values)
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the metric families (the prometheus_client collector protocol)."""
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        with self._lock:
+            decisions = dict(self.decisions)
+            latency = {m: (list(b), t[0]) for m, (b, t) in self._latency.items()}
+            trust = dict(self.trust)
+        family = CounterMetricFamily(
+            "zsec_decisions",
+            "ZAP decisions by mechanism, domain, verdict and reason code",
+            labels=["mechanism", "domain", "verdict", "reason"],
+        )
+        for labels, value in sorted(decisions.items()):
+            family.add_metric(list(labels), value)
+        yield family
+        histogram = HistogramMetricFamily(
+            "zsec_decision_latency_seconds",
+            "Time from receiving a ZAP request to having its reply",
+            labels=["mechanism"],
+        )
+        for mechanism, (buckets, total) in sorted(latency.items()):
+            running, cumulative = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+                running += count
+                cumulative.append((_bound(bound), running))
+            histogram.add_metric([mechanism], cumulative, total)
+        yield histogram
+        changes = CounterMetricFamily(
+            "zsec_trust_changes", "Trust changes by action", labels=["action"]
+        )
+        for action, value in sorted(trust.items()):
+            changes.add_metric([action], value)
+        yield changes
+        yield CounterMetricFamily(
+            "zsec_session_cuts",
+            "Live sessions cut after a revocation",
+            value=trust.get("session-cut", 0),
+        )
+        yield CounterMetricFamily(
+            "zsec_events_dropped",
+            "Events dropped because a queue was full (a subscriber or sink too slow)",
+            value=self._hub.dropped,
+        )
+        policy = self._hub.policy()
+        bans = GaugeMetricFamily("zsec_active_bans", "Addresses banned right now")
+        bans.add_metric([], 0 if policy.limiter is None else len(policy.limiter.banned))
+        yield bans
+        certs = GaugeMetricFamily(
+            "zsec_certificates", "Certificates trusted per CURVE store", labels=["domain", "store"]
+        )
+        polling = GaugeMetricFamily(
+            "zsec_store_polling",
+            "1 when a store's watcher fell back to polling the directory",
+            labels=["domain", "store"],
+        )
+        for domain, source in sorted(policy.curve.items()):
+            location = getattr(source, "location", None)
+            if not hasattr(source, "lookup"):
+                continue  # CURVE_ALLOW_ANY
+            where = location or "memory"
+            certs.add_metric([domain, where], len(source))  # type: ignore[arg-type]
+            kind = getattr(source, "observer_kind", "none")
+            polling.add_metric([domain, where], 1 if kind == "polling" else 0)
+        yield certs
+        yield polling
+        yield CounterMetricFamily(
+            "zsec_audit_lines", "Lines written to the audit log", value=self._hub.audit_lines()
+        )
+
+
+_MECHANISMS = frozenset({"NULL", "PLAIN", "CURVE"})
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+# -- subscribers ---------------------------------------------------------------------
+
+
+class _Subscription:
+    """One subscriber: a bounded queue of batches and a thread that calls the callback."""
+
+    def __init__(self, callback: Callable[[Event], object], limit: int) -> None:
+        self.callback = callback
+        self.limit = limit
+        self.queue: collections.deque[list[Event]] = collections.deque()
+        self.pending = 0
+        self.dropped = 0
+        self._next_report = 0.0
+        self._wake = threading.Event()
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="zsec-events-subscriber", daemon=True)
+        self.thread.start()
+
+    def offer(self, batch: list[Event]) -> int:
+        """Queue what fits of ``batch``; return how many events were dropped."""
+        room = self.limit - self.pending
+        if room <= 0:
+            self.dropped += len(batch)
+            return len(batch)
+        dropped = 0
+        if len(batch) > room:
+            dropped = len(batch) - room
+            batch = batch[:room]
+            self.dropped += dropped
+        self.pending += len(batch)
+        self.queue.append(batch)
+        self._wake.set()
+        return dropped
+
+    def _run(self) -> None:
+        queue, wake = self.queue, self._wake
+        failures = 0
+        while True:
+            wake.wait(_IDLE_WAKE)
+            wake.clear()
+            while queue:
+                batch = queue.popleft()
+                for event in batch:
+                    try:
+                        self.callback(event)
+                    except Exception:  # a subscriber's bug is its own
+                        failures += 1
+                        now = time.monotonic()
+                        if now >= self._next_report:
+                            self._next_report = now + DROP_REPORT_SECONDS
+                            with contextlib.suppress(Exception):
+                                log.exception(
+                                    "event subscriber %r raised (%d time(s) so far); "
+                                    "it stays subscribed",
+                                    self.callback,
+                                    failures,
+                                )
+                self.pending -= len(batch)
+            if self.closed and not queue:
+                return
+
+
+# -- the hub ---------------------------------------------------------------------------
+
+
+class EventHub:
+    """The bounded hand-off between the ZAP thread and everything that consumes events.
+
+    ``post`` (ZAP thread) and ``publish`` (any thread) never block; the
+    dispatcher thread does the rest. ``policy`` returns the policy in force,
+    for the verbose flag and the configured domains.
+    """
+
+    def __init__(self, policy: Callable[[], Policy], *, limit: int = QUEUE_LIMIT) -> None:
+        self.policy = policy
+        self._limit = limit
+        self._queue: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
+        self._idle = False
+        self._dropped = 0
+        self._reported_drops = 0
+        self._drop_lock = threading.Lock()
+        self._next_drop_report = 0.0
+        self._subscriptions: tuple[_Subscription, ...] = ()
+        self._audit: AuditLog | None = None
+        self.metrics: Metrics | None = None
+        self._watched: dict[tuple[str, int], Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="zsec-events", daemon=True)
+        self._thread.start()
+
+    # -- producers (never block) ----------------------------------------------------
+
+    def post(
+        self,
+        t0: float,
+        request: ZapRequest | None,
+        reply: ZapReply,
+        cert: Cert | None = None,
+        frames: list[bytes] | None = None,
+    ) -> None:
+        """Hand over one decision (ZAP thread): a tuple and a deque append."""
+        queue = self._queue
+        if len(queue) >= self._limit:
+            self._drop()
+            return
+        queue.append((t0, time.perf_counter(), request, reply, cert, frames))
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    def publish(self, event: Event) -> None:
+        """Hand over a ready event (trust changes; any thread)."""
+        queue = self._queue
+        if len(queue) >= self._limit or self._closed:
+            self._drop()
+            return
+        queue.append(event)
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    def _drop(self, count: int = 1) -> None:
+        with self._drop_lock:
+            self._dropped += count
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped so far, by the hub's queue or any subscriber's."""
+        return self._dropped
+
+    # -- consumers -----------------------------------------------------------------
+
+    def subscribe(
+        self, callback: Callable[[Event], object], limit: int = QUEUE_LIMIT
+    ) -> Callable[[], None]:
+        if not callable(callback):
+            raise ZsecTypeError("an event subscriber must be callable")
+        subscription = _Subscription(callback, limit)
+        with self._lock:
+            self._subscriptions = (*self._subscriptions, subscription)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscriptions = tuple(s for s in self._subscriptions if s is not subscription)
+            subscription.closed = True
+            subscription._wake.set()
+
+        return unsubscribe
+
+    def set_audit(self, audit: AuditLog | None) -> None:
+        with self._lock:
+            old, self._audit = self._audit, audit
+        if old is not None and old is not audit:
+            # Events already queued may still go to the old file: flush first.
+            self.flush()
+            old.close()
+
+    @property
+    def audit(self) -> AuditLog | None:
+        return self._audit
+
+    def audit_lines(self) -> int:
+        audit = self._audit
+        return 0 if audit is None else audit.lines
+
+    def enable_metrics(self) -> Metrics:
+        with self._lock:
+            if self.metrics is None:
+                self.metrics = Metrics(self)
+            return self.metrics
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every event posted before this call has been handed on.
+
+        Subscribers get them in their own threads, possibly later.
+        """
+        if threading.current_thread() is self._thread:
+            return True
+        done = threading.Event()
+        self._queue.append(done)
+        self._idle = False
+        self._wake.set()
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Deliver what is queued, then stop the dispatcher and the subscribers."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        for subscription in self._subscriptions:
+            subscription.closed = True
+            subscription._wake.set()
+        if self._audit is not None:
+            self._audit.close()
+
+    # -- the dispatcher ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        queue, wake = self._queue, self._wake
+        while True:
+            self._idle = True
+            if not queue:
+                wake.wait(_IDLE_WAKE)
+                wake.clear()
+            self._idle = False
+            count = len(queue)
+            if count:
+                batch = [queue.popleft() for _ in range(count)]
+                try:
+                    self._dispatch(batch)
+                except Exception:  # the dispatcher must go on
+                    with contextlib.suppress(Exception):
+                        log.exception("event dispatch failed; %d event(s) lost", count)
+            self._report_drops()
+            if self._closed and not queue:
+                return
+            if count > 1:
+                time.sleep(_BATCH_PAUSE)
+
+    def _dispatch(self, batch: list[Any]) -> None:
+        anchor = _Anchor()
+        events: list[Event] = []
+        markers: list[threading.Event] = []
+        for item in batch:
+            if type(item) is tuple:
+                events.append(build_decision(item, anchor))
+            elif isinstance(item, threading.Event):
+                markers.append(item)
+            else:
+                events.append(item)
+        if events:
+            policy = self.policy()
+            verbose = policy.verbose
+            if log.isEnabledFor(logging.DEBUG) or verbose:
+                for event in events:
+                    log_event(event, verbose)
+            else:
+                for event in events:
+                    if type(event) is not Decision or event.status != 200:
+                        log_event(event, verbose)
+            audit = self._audit
+            if audit is not None:
+                audit.write(events)
+            metrics = self.metrics
+            if metrics is not None:
+                domains = frozenset(policy.plain) | frozenset(policy.curve)
+                metrics.count(events, domains)
+            for subscription in self._subscriptions:
+                lost = subscription.offer(events)
+                if lost:
+                    self._drop(lost)
+        for marker in markers:
+            marker.set()
+
+    def _report_drops(self) -> None:
+        dropped = self._dropped
+        if dropped == self._reported_drops:
+            return
+        now = time.monotonic()
+        if now < self._next_drop_report:
+            return
+        self._next_drop_report = now + DROP_REPORT_SECONDS
+        with contextlib.suppress(Exception):
+            log.warning(
+                "%d event(s) dropped since the last report (%d in all): an event queue was "
+                "full; a subscriber or the audit log is too slow",
+                dropped - self._reported_drops,
+                dropped,
+            )
+        self._reported_drops = dropped
+
+    # -- trust sources -------------------------------------------------------------------
+
+    def watch_stores(self, curve: Mapping[str, object]) -> None:
+        """Follow the trust changes of every CertStore in ``curve`` (domain -> source).
+
+        Stores no longer configured are let go. Call after each change to
+        the CURVE configuration.
+        """
+        with self._lock:
+            watched = self._watched
+            wanted: dict[tuple[str, int], Any] = {
+                (domain, id(source)): source
+                for domain, source in curve.items()
+                if hasattr(source, "subscribe")
+            }
+            for key in [k for k in watched if k not in wanted]:
+                watched.pop(key)()
+            for key, source in wanted.items():
+                if key not in watched:
+                    watched[key] = source.subscribe(_StoreListener(self, key[0], source))
+
+    def ban_listener(self, address: bytes, started: bool, duration: float) -> None:
+        """``FailureLimiter.on_ban`` callback: a ban started or ended (ZAP thread)."""
+        self.publish(
+            TrustChange(
+                time.time(),
+                "ban-started" if started else "ban-ended",
+                address=address[:255].decode("ascii", "backslashreplace"),
+                duration=duration if started else None,
+                reason="repeated authentication failures" if started else "",
+            )
+        )
+
+
+class _StoreListener:
+    """Turns one store's changes into trust events for one domain."""
+
+    def __init__(self, hub: EventHub, domain: str, store: CertStore) -> None:
+        self.hub = hub
+        self.domain = domain
+        self.store = store
+        self.where = store.location or "memory"
+        self.available = True
+
+    def __call__(self, change: StoreChange) -> None:
+        now = time.time()
+        publish, domain, where = self.hub.publish, self.domain, self.where
+        sources = getattr(change, "sources", None)
+        location = self.store.location
+        if change.removed and location is not None and not os.path.isdir(location):
+            self.available = False
+            publish(
+                TrustChange(
+                    now,
+                    "store-unavailable",
+                    domain,
+                    where,
+                    reason="the directory is gone or unreadable: its keys are revoked",
+                )
+            )
+        for action, certs in (
+            ("key-revoked", change.removed),
+            ("key-added", change.added),
+            ("key-updated", change.updated),
+        ):
+            for cert in certs:
+                publish(
+                    TrustChange(
+                        now,
+                        action,
+                        domain,
+                        where,
+                        cert.public_txt,
+                        _cert_name(cert),
+                        _source(sources, cert),
+                    )
+                )
+        if change.added and not self.available:
+            self.available = True
+            publish(TrustChange(now, "store-ready", domain, where))
+
+
+def _source(sources: object, cert: Cert) -> str | None:
+    """The file a certificate came from, when the store says so."""
+    if isinstance(sources, Mapping):
+        found = sources.get(cert.public_key, sources.get(cert.public_txt))
+        return None if found is None else str(found)
+    return getattr(cert, "_source", None)
+
+
+def start_metrics_server(metrics: Metrics, port: int, addr: str) -> tuple[Any, threading.Thread]:
+    """Serve ``metrics`` at http://addr:port/metrics; returns (server, thread)."""
+    registry = metrics_registry(metrics)
+    from prometheus_client import start_http_server
+
+    try:
+        return start_http_server(port, addr, registry=registry)
+    except OSError as exc:
+        raise AuthError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
+
+
+def metrics_registry(metrics: Metrics, registry: Any = None) -> Any:
+    """Register ``metrics`` in ``registry`` (a new one by default) and return the registry."""
+    try:
+        from prometheus_client import CollectorRegistry
+    except ImportError:
+        raise AuthError("metrics need prometheus_client: pip install 'zsec[metrics]'") from None
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+    if not any(r is registry for r in metrics.registries):
+        registry.register(metrics)
+        metrics.registries.append(registry)
+    return registry
+
+
+__all__ = [
+    "AuditLog",
+    "Decision",
+    "EventHub",
+    "Metrics",
+    "TrustChange",
+    "audit_line",
+    "read_audit",
+]
