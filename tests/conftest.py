@@ -53,3 +53,10 @@ def passwords(tmp_path: Path) -> zsec.PasswordFile:
     path = tmp_path / "passwords.txt"
     path.write_bytes(b"admin=secret\nguest=guest-pw\n")
     return zsec.PasswordFile(path, check_interval=0)
+
+
+@pytest.fixture
+def auth(ctx: zmq.Context[Any]) -> Iterator[zsec.Auth]:
+    """A running authenticator on the test's context, stopped afterwards."""
+    with zsec.Auth(ctx) as authenticator:
+        yield authenticator

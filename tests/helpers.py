@@ -129,3 +129,16 @@ def req(
 def decide(policy: Policy, frames: list[bytes]) -> ZapReply:
     """The reply ``policy`` gives to request ``frames``."""
     return policy.decide(ZapRequest.from_frames(frames))
+
+
+def zap_ask(ctx: zmq.Context[Any], *requests: list[bytes]) -> list[list[bytes]]:
+    """Send ZAP requests (frames after the envelope) straight to the context's authenticator.
+
+    Returns the reply frames after the envelope, in order: the real pump
+    without a handshake, for tests of what the authenticator records.
+    """
+    with socket(ctx, zmq.DEALER) as dealer:
+        dealer.connect("inproc://zeromq.zap.01")
+        for frames in requests:
+            dealer.send_multipart([b"", *frames])
+        return [dealer.recv_multipart()[1:] for _ in requests]

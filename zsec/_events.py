@@ -47,6 +47,8 @@ DROP_REPORT_SECONDS = 10.0
 # is bigger: fewer wake-ups, less GIL traffic with the ZAP thread.
 _BATCH_PAUSE = 0.005
 _IDLE_WAKE = 1.0
+#: How often the dispatcher looks whether each store's directory still exists.
+STORE_CHECK_SECONDS = 1.0
 
 # Reasons the policy gives, as short stable codes (metrics labels, audit).
 _REASON_CODES = {
@@ -318,7 +320,7 @@ def log_event(event: Event, verbose: bool) -> None:
 
 # -- the audit log -------------------------------------------------------------------
 
-_AUDIT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+_AUDIT_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 _encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -662,7 +664,8 @@ class EventHub:
         self._subscriptions: tuple[_Subscription, ...] = ()
         self._audit: AuditLog | None = None
         self.metrics: Metrics | None = None
-        self._watched: dict[tuple[str, int], Callable[[], None]] = {}
+        self._watched: dict[tuple[str, int], tuple[Callable[[], None], _StoreListener]] = {}
+        self._next_store_check = 0.0
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="zsec-events", daemon=True)
@@ -795,6 +798,13 @@ class EventHub:
                     with contextlib.suppress(Exception):
                         log.exception("event dispatch failed; %d event(s) lost", count)
             self._report_drops()
+            now = time.monotonic()
+            if now >= self._next_store_check:
+                # No file event says "the directory itself is gone": look.
+                self._next_store_check = now + STORE_CHECK_SECONDS
+                for _, listener in list(self._watched.values()):
+                    with contextlib.suppress(Exception):
+                        listener.check()
             if self._closed and not queue:
                 return
             if count > 1:
@@ -868,10 +878,11 @@ class EventHub:
                 if hasattr(source, "subscribe")
             }
             for key in [k for k in watched if k not in wanted]:
-                watched.pop(key)()
+                watched.pop(key)[0]()
             for key, source in wanted.items():
                 if key not in watched:
-                    watched[key] = source.subscribe(_StoreListener(self, key[0], source))
+                    listener = _StoreListener(self, key[0], source)
+                    watched[key] = (source.subscribe(listener), listener)
 
     def ban_listener(self, address: bytes, started: bool, duration: float) -> None:
         """``FailureLimiter.on_ban`` callback: a ban started or ended (ZAP thread)."""
@@ -900,18 +911,6 @@ class _StoreListener:
         now = time.time()
         publish, domain, where = self.hub.publish, self.domain, self.where
         sources = getattr(change, "sources", None)
-        location = self.store.location
-        if change.removed and location is not None and not os.path.isdir(location):
-            self.available = False
-            publish(
-                TrustChange(
-                    now,
-                    "store-unavailable",
-                    domain,
-                    where,
-                    reason="the directory is gone or unreadable: its keys are revoked",
-                )
-            )
         for action, certs in (
             ("key-revoked", change.removed),
             ("key-added", change.added),
@@ -929,9 +928,28 @@ class _StoreListener:
                         _source(sources, cert),
                     )
                 )
-        if change.added and not self.available:
-            self.available = True
-            publish(TrustChange(now, "store-ready", domain, where))
+
+    def check(self) -> None:
+        """Publish store-unavailable / store-ready when the directory goes or comes back."""
+        location = self.store.location
+        if location is None:
+            return
+        available = os.path.isdir(location)
+        if available == self.available:
+            return
+        self.available = available
+        if available:
+            self.hub.publish(TrustChange(time.time(), "store-ready", self.domain, self.where))
+        else:
+            self.hub.publish(
+                TrustChange(
+                    time.time(),
+                    "store-unavailable",
+                    self.domain,
+                    self.where,
+                    reason="the directory is gone: its keys are no longer trusted",
+                )
+            )
 
 
 def _source(sources: object, cert: Cert) -> str | None:
