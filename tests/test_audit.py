@@ -80,27 +80,34 @@ def test_the_audit_log_records_decisions_and_trust_changes(
 def test_rotation_by_rename_loses_no_line(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     audit = AuditLog(path)
-    total = 3000
-    written = threading.Event()
+    stop = threading.Event()
+    count = [0]
 
     def writer() -> None:
-        for start in range(0, total, 10):
+        while not stop.is_set():
+            start = count[0]
             audit.write([_decision(i) for i in range(start, start + 10)])
-        written.set()
+            count[0] += 10
 
     thread = threading.Thread(target=writer)
     thread.start()
     rotated = []
-    for n in range(3):
-        wait_for(lambda: path.exists() and path.stat().st_size > 0 or written.is_set())
-        target = tmp_path / f"audit.jsonl.{n}"
-        os.rename(path, target)
-        rotated.append(target)
-    thread.join(30)
+    try:
+        for n in range(3):
+            # Each rotation happens while lines are being written, and the
+            # writer moves on to the new file by itself.
+            wait_for(lambda: path.exists() and path.stat().st_size > 20_000)
+            target = tmp_path / f"audit.jsonl.{n}"
+            os.rename(path, target)
+            rotated.append(target)
+        wait_for(lambda: path.exists() and path.stat().st_size > 0)
+    finally:
+        stop.set()
+        thread.join(30)
     audit.close()
-    files = [*rotated, path] if path.exists() else rotated
-    users = [json.loads(line)["username"] for line in _lines(*files)]
-    assert sorted(users, key=lambda u: int(u[4:])) == [f"user{i}" for i in range(total)]
+    users = [json.loads(line)["username"] for line in _lines(*rotated, path)]
+    assert len(users) == count[0]
+    assert sorted(users, key=lambda u: int(u[4:])) == [f"user{i}" for i in range(count[0])]
 
 
 def test_reopen_moves_to_a_fresh_file(tmp_path: Path) -> None:
