@@ -207,6 +207,7 @@ class Auth:
     @verbose.setter
     def verbose(self, value: bool) -> None:
         self._update(verbose=bool(value))
+        self._events.refresh()
 
     def set_verbose(self, value: bool = True) -> None:
         """Turn the decision trace on or off (CZMQ's VERBOSE)."""
