@@ -109,7 +109,10 @@ def run_once(config: str, mechanism: str, burst: int, certs: Path, keys: list[by
     if config == "on":
         lines = next(work.glob("audit-*.jsonl")).read_bytes().count(b"\n")
         # Every decision reached the subscriber and the audit log, or was counted as dropped.
-        print(f"   on: {seen:,} delivered, {dropped:,} dropped, {lines:,} audit lines")
+        print(
+            f"   on: {total:,} decisions, {seen:,} delivered, {dropped:,} dropped, "
+            f"{lines:,} audit lines"
+        )
     if refused:
         print(f"   {config}: {refused} refused (should be 0)")
     return float(rate)
