@@ -26,7 +26,7 @@ from ._errors import (
     ZsecValueError,
 )
 from ._monitor import Handshake, HandshakeMonitor
-from ._passwords import PasswordFile
+from ._passwords import PasswordFile, PasswordTable
 from ._sockets import (
     curve_client,
     curve_server,
@@ -59,6 +59,7 @@ __all__ = [
     "MetadataError",
     "PasswordError",
     "PasswordFile",
+    "PasswordTable",
     "Policy",
     "SocketConfigError",
     "StoreChange",
