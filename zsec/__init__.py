@@ -25,6 +25,7 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
+from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
 from ._passwords import PasswordFile, PasswordTable
 from ._sockets import (
@@ -34,7 +35,8 @@ from ._sockets import (
     plain_client,
     plain_server,
 )
-from ._store import CertStore, StoreChange
+from ._source import TrustFeed, TrustSource
+from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import CURVE_ALLOW_ANY, Policy, ZapReply, ZapRequest
 
@@ -63,6 +65,8 @@ __all__ = [
     "Policy",
     "SocketConfigError",
     "StoreChange",
+    "TrustFeed",
+    "TrustSource",
     "ZapError",
     "ZapReply",
     "ZapRequest",
