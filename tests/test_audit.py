@@ -60,7 +60,8 @@ def test_the_audit_log_records_decisions_and_trust_changes(
     assert auth.flush_events()
     lines = _lines(path)
     assert all(line.endswith(b"\n") for line in lines)
-    records = [json.loads(line) for line in lines]
+    records = list(read_audit(lines))
+    assert len(records) == len([json.loads(line) for line in lines])  # no padding yet
     decisions = [r for r in records if r["event"] == "decision"]
     assert [set(r) for r in decisions] == [DECISION_FIELDS, DECISION_FIELDS]
     assert [(r["mechanism"], r["verdict"], r["status"]) for r in decisions] == [
@@ -105,7 +106,7 @@ def test_rotation_by_rename_loses_no_line(tmp_path: Path) -> None:
         stop.set()
         thread.join(30)
     audit.close()
-    users = [json.loads(line)["username"] for line in _lines(*rotated, path)]
+    users = [r["username"] for r in read_audit(_lines(*rotated, path))]
     assert len(users) == count[0]
     assert sorted(users, key=lambda u: int(u[4:])) == [f"user{i}" for i in range(count[0])]
 
@@ -132,6 +133,24 @@ def test_a_torn_last_line_is_ended_before_new_lines(tmp_path: Path) -> None:
     lines = _lines(path)
     assert len(lines) == 2
     assert json.loads(lines[1])["username"] == "user2"
+
+
+def test_no_line_straddles_a_page_boundary(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    events = [
+        TrustChange(time.time(), "key-added", cert_name="x" * (i * 37 % 1500)) for i in range(400)
+    ]
+    audit.write([*events, _decision(1)])
+    audit.write([TrustChange(time.time(), "key-added", cert_name="\u2603" * 4000)])
+    audit.close()
+    offset = 0
+    for line in _lines(path):
+        assert offset // 4096 == (offset + len(line) - 1) // 4096, offset
+        offset += len(line)
+    records = list(read_audit(_lines(path)))
+    assert len(records) == 402
+    assert records[-1]["cert_name"].endswith("...")  # cut to fit one block
 
 
 _WRITER = """
@@ -161,5 +180,7 @@ def test_a_writer_killed_mid_stream_leaves_only_whole_lines(tmp_path: Path) -> N
     assert data.endswith(b"\n")
     lines = data.splitlines()
     assert len(lines) > 1000
-    for line in lines:
-        assert json.loads(line)["event"] == "decision"
+    # Every line parses: events, and padding objects that keep lines off page boundaries.
+    records = [json.loads(line) for line in lines]
+    assert {r.get("event", "padding") for r in records} == {"decision", "padding"}
+    assert all(r == {} for r in records if "event" not in r)

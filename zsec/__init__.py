@@ -26,8 +26,9 @@ from ._errors import (
     ZsecValueError,
 )
 from ._events import AuditLog, Decision, TrustChange
+from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
-from ._passwords import PasswordFile
+from ._passwords import PasswordFile, PasswordTable
 from ._sockets import (
     curve_client,
     curve_server,
@@ -35,7 +36,8 @@ from ._sockets import (
     plain_client,
     plain_server,
 )
-from ._store import CertStore, StoreChange
+from ._source import TrustFeed, TrustSource
+from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import CURVE_ALLOW_ANY, Policy, ZapReply, ZapRequest
 
@@ -62,10 +64,13 @@ __all__ = [
     "MetadataError",
     "PasswordError",
     "PasswordFile",
+    "PasswordTable",
     "Policy",
     "SocketConfigError",
     "StoreChange",
     "TrustChange",
+    "TrustFeed",
+    "TrustSource",
     "ZapError",
     "ZapReply",
     "ZapRequest",

@@ -33,7 +33,8 @@ from ._keys import z85_encode
 
 if TYPE_CHECKING:
     from ._cert import Cert
-    from ._store import CertStore, StoreChange
+    from ._index import StoreChange
+    from ._store import CertStore
     from ._zap import Policy, ZapReply, ZapRequest
 
 log = logging.getLogger("zsec.auth")
@@ -404,9 +405,15 @@ def audit_line(event: Event) -> bytes:
 class AuditLog:
     """An append-only JSON-lines file of events that survives crashes and rotation.
 
-    Each line goes out in one ``os.write`` on an ``O_APPEND`` descriptor, so
-    a crashing writer never leaves half a line behind it (a torn last line
-    from any other cause is closed with a newline at the next open). Before
+    Each line goes out in one ``os.write`` on an ``O_APPEND`` descriptor and
+    never straddles a 4 KiB boundary of the file, so a writer killed at any
+    instant leaves whole lines only. (One write is not enough on its own:
+    Linux checks for a fatal signal between the pages of a write, so a
+    SIGKILL can cut a line that crosses a page boundary.) When a line would
+    cross one, the rest of the block is first filled with a padding line,
+    ``{`` spaces ``}``: an empty JSON object, which readers skip because it
+    has no ``event``. A torn last line from any other cause (power loss) is
+    ended with a newline at the next open. Assumes one writer per file. Before
     each batch the path is compared with the open file (device and inode):
     after a rotation (rename, then the old name is free) the file is
     reopened, so lines go to the old file until the rename and to the new
@@ -437,6 +444,8 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 if os.pread(fd, 1, st.st_size - 1) != b"\n":
                     os.write(fd, b"\n")
+        # Where the next line starts: O_APPEND leaves the offset at the end.
+        self._offset = os.lseek(fd, 0, os.SEEK_END)
         old, self._fd, self._id = self._fd, fd, (st.st_dev, st.st_ino)
         if old >= 0:
             os.close(old)
@@ -464,16 +473,29 @@ class AuditLog:
                     self._open()
             except (OSError, AuthError) as exc:
                 self._failed(exc)
-            fd, write = self._fd, os.write
+            fd = self._fd
             for event in events:
                 line = audit_line(event)
+                if len(line) > _BLOCK:
+                    line = audit_line(_shortened(event))
                 try:
-                    done = write(fd, line)
-                    while done < len(line):  # a short write (disk nearly full)
-                        done += write(fd, line[done:])
+                    room = _BLOCK - self._offset % _BLOCK
+                    if len(line) > room:
+                        self._put(fd, b"{" + b" " * (room - 3) + b"}\n")
+                        room = _BLOCK
+                    if 0 < room - len(line) < 3:
+                        # Too little would be left for a padding line: fill it.
+                        line = line[:-1] + b" " * (room - len(line)) + b"\n"
+                    self._put(fd, line)
                     self.lines += 1
                 except OSError as exc:
                     self._failed(exc)
+
+    def _put(self, fd: int, data: bytes) -> None:
+        done = os.write(fd, data)
+        while done < len(data):  # a short write (disk nearly full)
+            done += os.write(fd, data[done:])
+        self._offset += done
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1
@@ -493,14 +515,29 @@ class AuditLog:
         return f"<zsec.AuditLog {self.path} lines={self.lines}>"
 
 
+_BLOCK = 4096
+_FIELD_LIMIT = 200
+
+
+def _shortened(event: Event) -> Event:
+    """The event with its text fields cut so that its line fits in one block."""
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > _FIELD_LIMIT:
+            return value[:_FIELD_LIMIT] + "..."
+        return value
+
+    return type(event)(*(cut(v) for v in event))
+
+
 def read_audit(lines: Iterable[bytes | str]) -> Iterator[dict[str, Any]]:
-    """Parse audit lines; a line that is not a JSON object is skipped."""
+    """Parse audit lines; padding and anything that is not an event object are skipped."""
     for line in lines:
         try:
             value = json.loads(line)
         except ValueError:
             continue
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "event" in value:
             yield value
 
 
@@ -1007,6 +1044,8 @@ class _StoreListener:
         now = time.time()
         publish, domain, where = self.hub.publish, self.domain, self.where
         sources = getattr(change, "sources", None)
+        if self.store.location is None and getattr(change, "store", ""):
+            self.where = where = change.store  # e.g. an etcd prefix
         for action, certs in (
             ("key-revoked", change.removed),
             ("key-added", change.added),
@@ -1028,9 +1067,11 @@ class _StoreListener:
     def check(self) -> None:
         """Publish store-unavailable / store-ready when the directory goes or comes back."""
         location = self.store.location
-        if location is None:
-            return
-        available = os.path.isdir(location)
+        # A directory store: does the directory exist? Another source: is it ready?
+        if location is not None:
+            available = os.path.isdir(location)
+        else:
+            available = bool(getattr(self.store, "ready", True))
         if available == self.available:
             return
         self.available = available
