@@ -1043,8 +1043,8 @@ class _StoreListener:
     def __call__(self, change: StoreChange) -> None:
         now = time.time()
         publish, domain, where = self.hub.publish, self.domain, self.where
-        sources = getattr(change, "sources", None)
-        if self.store.location is None and getattr(change, "store", ""):
+        sources = change.sources
+        if self.store.location is None and change.store:
             self.where = where = change.store  # e.g. an etcd prefix
         for action, certs in (
             ("key-revoked", change.removed),
