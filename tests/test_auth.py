@@ -156,7 +156,7 @@ def test_helpers_fail_closed_when_no_authenticator_ever_ran(
         client_monitor = client.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         client.connect(endpoint)
         refusal = monitor.wait(10)
-        assert str(refusal) == "no authenticator is running where one is required"
+        assert str(refusal).startswith("no ZAP authenticator is running")
         # The server itself reports why: ZAP required and no handler bound (EFAULT).
         assert refusal.event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
         assert refusal.value == errno.EFAULT

@@ -27,6 +27,7 @@ from ._events import (
     start_metrics_server,
 )
 from ._passwords import PasswordFile
+from ._sockets import running_contexts
 from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import (
@@ -75,6 +76,10 @@ class Auth:
         self._stopped = False
         self._done = threading.Event()
         self._token = secrets.token_bytes(16)
+        # Registered before binding, so that the socket helpers' probe for a
+        # missing authenticator never takes the endpoint from under us.
+        running_contexts[base.underlying] += 1
+        self._registered = base.underlying
         socket = self._ctx.socket(zmq.ROUTER)
         socket.linger = 0
         # Wake up now and then when idle, to end bans that have run out.
@@ -83,6 +88,7 @@ class Auth:
             socket.bind(ZAP_ENDPOINT)
         except zmq.ZMQError as exc:
             socket.close()
+            running_contexts[self._registered] -= 1
             if exc.errno == zmq.EADDRINUSE:
                 raise AuthError(
                     f"another authenticator is already bound to {ZAP_ENDPOINT} on this "
@@ -145,6 +151,7 @@ class Auth:
             with contextlib.suppress(zmq.ZMQError):
                 socket.unbind(ZAP_ENDPOINT)
             socket.close(linger=0)
+            running_contexts[self._registered] -= 1
             self._done.set()
 
     @staticmethod

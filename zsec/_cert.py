@@ -168,7 +168,9 @@ class Cert:
     constant time and ignores metadata.
     """
 
-    __slots__ = ("_frozen", "_meta", "_public", "_public_txt", "_secret")
+    __slots__ = ("_frozen", "_meta", "_path", "_public", "_public_txt", "_secret")
+    # The file ``load`` read (set only there): lets an error message name it.
+    _path: str
 
     def __init__(self) -> None:
         public, secret = generate_keypair()
@@ -239,7 +241,10 @@ class Cert:
         except FileAccessError:
             data = read_capped(path, MAX_CERT_BYTES, "certificate")
             used = path
-        return cls.from_bytes(data, used)
+        cert = cls.from_bytes(data, used)
+        # Not secret: lets an error name the file (read with getattr: unset elsewhere).
+        cert._path = path
+        return cert
 
     @classmethod
     def from_bytes(cls, data: bytes | str, source: str = "<certificate>") -> Cert:
