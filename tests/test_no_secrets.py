@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ class _Collector(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.texts.append(self.format(record))
+        # Structured fields (extra=) too: JSON log formatters print them.
+        self.texts.append(repr({k: v for k, v in vars(record).items() if k.startswith("zsec_")}))
         if record.exc_info:
             self.texts.append(logging.Formatter().formatException(record.exc_info))
 
@@ -176,6 +179,12 @@ def test_no_secret_appears_anywhere(tmp_path: Path) -> None:
         auth.configure_curve("curve", store)
         auth.configure_curve("*", zsec.CURVE_ALLOW_ANY)
         texts.append(repr(auth))
+        # Operations: events to a subscriber, the audit log, metrics over HTTP.
+        auth.subscribe(lambda event: texts.extend([repr(event), str(event.to_dict())]))
+        audit_path = tmp_path / "audit.jsonl"
+        auth.audit_log(audit_path)
+        metrics_port = auth.serve_metrics(0)
+        auth.configure_curve("trust", trust)
         plain_server = ctx.socket(zmq.PULL)
         plain_server.linger = 0
         zsec.plain_server(plain_server)
@@ -188,8 +197,30 @@ def test_no_secret_appears_anywhere(tmp_path: Path) -> None:
         curve_ep = bind_loopback(curve_server)
         for cert in (client_cert, made):
             attempt(ctx, curve_ep, lambda s, c=cert: zsec.curve_client(s, c, server_cert))
+        client_cert.save_secret(trust / "leaked-again.key")  # a trust event for a secret file
+        assert auth.flush_events()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+            texts.append(response.read().decode())
         auth.stop()
         texts.append(repr(auth))
+        texts.append(audit_path.read_text())
+
+        # The operations commands, on secret files, leaked secrets and password files.
+        out, err = io.StringIO(), io.StringIO()
+        for argv in (
+            ["cert", "show", str(tmp_path / "made.key")],
+            ["cert", "show", str(tmp_path / "made.key_secret")],
+            ["cert", "show", str(trust / "leaked.key")],
+            ["cert", "show", str(bad)],
+            ["check", str(trust)],
+            ["check", str(trust), "--json"],
+            ["check", str(pw_file)],
+            ["check", str(pw_file), "--json"],
+            ["audit", "tail", str(audit_path), "--once", "--lines", "1000"],
+        ):
+            main(argv, stdout=out, stderr=err)
+        texts += [out.getvalue(), err.getvalue()]
+        expect_error(lambda: zsec.curve_server(ctx.socket(zmq.PULL), zsec.Cert.load(bad)))
     finally:
         ctx.destroy(linger=0)
         root.removeHandler(collector)
@@ -197,6 +228,8 @@ def test_no_secret_appears_anywhere(tmp_path: Path) -> None:
 
     everything = "\n".join(texts)
     assert "ALLOWED (PLAIN)" in everything and "DENIED (CURVE)" in everything  # flows ran
+    assert "zsec_decisions_total" in everything and '"event":"decision"' in everything
+    assert "secret-in-public-file" in everything and "public key:" in everything
     assert "holds a secret key" in everything
     for password in PASSWORDS:
         assert password not in everything, password
