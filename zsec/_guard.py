@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zsec.guard")
 
+_SRCFD = zmq.SRCFD
 #: The ZAP metadata property that carries a grant.
 GRANT_PROPERTY = "X-Zsec-Grant"
 _GRANT_PREFIX = bytes((len(GRANT_PROPERTY),)) + GRANT_PROPERTY.encode("ascii")
@@ -262,26 +263,25 @@ class _Watch:
                 with self.lock:
                     self.accepted[value] = ends
         elif event == zmq.EVENT_DISCONNECTED:
+            self.warden.trusted.discard(value)
             with self.lock:
                 self.accepted.pop(value, None)
                 self.conns.pop(value, None)
                 self.done.pop(value, None)
 
-    def admit(self, frame: zmq.Frame, grant: str | None) -> bool:
-        """Judge a message whose grant has no cached verdict; learn or cut its connection."""
+    def admit(self, frame: zmq.Frame) -> bool:
+        """Judge a message from a connection not known to be trusted; learn or cut it."""
         warden = self.warden
-        verdicts = warden.verdicts
+        trusted = warden.trusted  # before judging: a change meanwhile discards this set
         fd = _get(frame, zmq.SRCFD)
+        grant = _get(frame, GRANT_PROPERTY)
         identity = _get(frame, "User-Id")
         address = _get(frame, "Peer-Address")
         policy = warden.policy()
-        if grant is None or not isinstance(identity, str) or not isinstance(address, str):
-            reason = "not admitted by this authenticator"
-        else:
+        if isinstance(grant, str) and isinstance(identity, str) and isinstance(address, str):
             reason = judge(policy, self.domain, grant, identity, address)
-            if len(verdicts) >= _CACHE_LIMIT:
-                verdicts.clear()
-            verdicts[grant] = not reason
+        else:
+            reason = "not admitted by this authenticator"
         if not isinstance(fd, int):
             return not reason
         if reason:
@@ -297,6 +297,12 @@ class _Watch:
         if ends is not None and isinstance(grant, str):
             with self.lock:
                 self.conns[fd] = _Conn(grant, str(identity), str(address), ends)
+        # Even when the connection is gone already (its messages are still
+        # queued): a later connection reusing the number was admitted under
+        # the policy in force, or a trust change has replaced this set.
+        if len(trusted) >= _CACHE_LIMIT:
+            trusted.clear()
+        trusted.add(fd)
         return True
 
 
@@ -312,7 +318,12 @@ class Warden:
 
     def __init__(self, auth: Auth) -> None:
         self._auth = auth
-        self.verdicts: dict[str, bool] = {}  # grant -> trusted; replaced on every trust change
+        # Descriptors of connections judged trusted since the last trust change;
+        # replaced (not cleared) on a change, so a judgement made under the old
+        # policy can only land in the discarded set. A descriptor number reused
+        # by a new connection stays in it only if no trust change came since:
+        # the new connection was then admitted under the policy in force.
+        self.trusted: set[int] = set()
         self._watches: tuple[_Watch, ...] = ()
         self._listeners: tuple[Callable[[Cut], None], ...] = ()
         self._lock = threading.Lock()
@@ -338,7 +349,7 @@ class Warden:
             # Stopping closes the stores the authenticator opened, which
             # empties them; that is not a revocation of anyone.
             return
-        self.verdicts = {}
+        self.trusted = set()
         self._wake.set()
 
     def _store_changed(self, change: StoreChange) -> None:
@@ -447,19 +458,16 @@ class Warden:
         """Re-judge every known connection of every guarded socket; cut those that fail."""
         grants = policy.grants
         revoked = {} if grants is None else grants.revoked_addresses(policy)
-        verdicts = self.verdicts
+        verdicts: dict[str, str] = {}  # grant -> reason ("" when trusted)
         for watch in self._watches:
             with watch.lock:
                 conns = list(watch.conns.items())
                 silent = [(fd, e) for fd, e in watch.accepted.items() if fd not in watch.conns]
             for fd, conn in conns:
-                ok = verdicts.get(conn.grant)
-                reason = ""
-                if ok is None:
+                reason = verdicts.get(conn.grant)
+                if reason is None:
                     reason = judge(policy, watch.domain, conn.grant, conn.identity, conn.address)
-                    verdicts[conn.grant] = not reason
-                elif not ok:
-                    reason = judge(policy, watch.domain, conn.grant, conn.identity, conn.address)
+                    verdicts[conn.grant] = reason
                 if reason:
                     mechanism = _MECHANISMS.get(conn.grant.partition(".")[2][:1].encode(), "?")
                     self.cut(watch, fd, conn.ends, conn.identity, mechanism, reason)
@@ -575,15 +583,9 @@ class GuardedSocket:
     def __repr__(self) -> str:
         return f"<zsec.GuardedSocket {self._socket!r}>"
 
-    def _admitted(self, parts: list[zmq.Frame]) -> bool:
-        frame = parts[0]
-        try:
-            grant: Any = frame.get(GRANT_PROPERTY)
-        except zmq.ZMQError:
-            grant = None
-        if self._watch.warden.verdicts.get(grant) is True:
-            return True
-        if self._watch.admit(frame, grant):
+    def _admitted(self, frame: zmq.Frame) -> bool:
+        """The slow path: judge the connection ``frame`` came from."""
+        if self._watch.admit(frame):
             return True
         self.dropped += 1
         if self._rep:
@@ -593,13 +595,21 @@ class GuardedSocket:
 
     def _message(self, flags: int) -> list[zmq.Frame]:
         recv = self._socket.recv
+        warden = self._watch.warden
         while True:
-            frame = recv(flags, copy=False)
+            first = frame = recv(flags, copy=False)
             parts = [frame]
             while frame.more:
                 frame = recv(copy=False)
                 parts.append(frame)
-            if self._admitted(parts):
+            # Every frame of a message carries its connection's properties: the
+            # first is enough. One int property and one set lookup per message.
+            try:
+                if first.get(_SRCFD) in warden.trusted:
+                    return parts
+            except zmq.ZMQError:
+                pass
+            if self._admitted(first):
                 return parts
 
     def recv_multipart(self, flags: int = 0, copy: bool = True, track: bool = False) -> Any:
@@ -666,7 +676,7 @@ class AsyncGuardedSocket(GuardedSocket):
             while frame.more:
                 frame = await recv(copy=False)
                 parts.append(frame)
-            if self._admitted(parts):
+            if self._admitted(parts[0]):
                 return parts
 
     async def recv_multipart(self, flags: int = 0, copy: bool = True, track: bool = False) -> Any:
