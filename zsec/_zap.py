@@ -554,9 +554,12 @@ class Policy:
         if reply.status_code == b"200" and self.grants is not None:
             try:
                 reply = self.grants.stamp(self, request, reply)
-            except Exception:  # unstamped, the guard refuses it: fails closed
+            except Exception as exc:  # unstamped, the guard refuses it: fails closed
                 with contextlib.suppress(Exception):
-                    log.exception("could not record the grant for the live-revocation guard")
+                    log.error(
+                        "could not record the grant for the live-revocation guard (%s)",
+                        type(exc).__name__,
+                    )
         try:
             if self.limiter is not None and reply.status_text in CLIENT_FAULTS:
                 self.limiter.failed(limit_key(request.address))
