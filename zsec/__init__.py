@@ -26,8 +26,9 @@ from ._errors import (
     ZsecValueError,
 )
 from ._guard import REVOKED_REPLY, AsyncGuardedSocket, Cut, GuardedSocket
+from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
-from ._passwords import PasswordFile
+from ._passwords import PasswordFile, PasswordTable
 from ._sockets import (
     curve_client,
     curve_server,
@@ -35,7 +36,8 @@ from ._sockets import (
     plain_client,
     plain_server,
 )
-from ._store import CertStore, StoreChange
+from ._source import TrustFeed, TrustSource
+from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import CURVE_ALLOW_ANY, Policy, ZapReply, ZapRequest
 
@@ -64,9 +66,12 @@ __all__ = [
     "MetadataError",
     "PasswordError",
     "PasswordFile",
+    "PasswordTable",
     "Policy",
     "SocketConfigError",
     "StoreChange",
+    "TrustFeed",
+    "TrustSource",
     "ZapError",
     "ZapReply",
     "ZapRequest",

@@ -51,7 +51,8 @@ from ._zap import Policy, ZapReply, ZapRequest, limit_key
 
 if TYPE_CHECKING:
     from ._auth import Auth
-    from ._store import CertStore, StoreChange
+    from ._index import StoreChange
+    from ._store import CertStore
     from ._throttle import FailureLimiter
 
 log = logging.getLogger("zsec.guard")

@@ -478,7 +478,7 @@ class Policy:
             return ZapReply(request.request_id, b"400", UNKNOWN_KEY)
         cached = self._curve_cache.get(key)
         if cached is None or cached[0] is not cert:
-            cached = (cert, cert.public_txt.encode("ascii"), cert_properties(cert._meta))
+            cached = (cert, cert.public_txt.encode("ascii"), cert_properties(cert.metadata))
             self._remember_curve(key, cached)
         return ZapReply(request.request_id, b"200", _OK, cached[1], cached[2])
 
@@ -554,7 +554,7 @@ class Policy:
         if reply.status_code == b"200" and self.grants is not None:
             try:
                 reply = self.grants.stamp(self, request, reply)
-            except Exception as exc:  # unstamped, the guard refuses it: fails closed
+            except Exception as exc:  # noqa: BLE001 - unstamped, the guard refuses it: fails closed
                 with contextlib.suppress(Exception):
                     log.error(
                         "could not record the grant for the live-revocation guard (%s)",
