@@ -30,7 +30,6 @@ import struct
 import sys
 import tempfile
 import termios
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -183,32 +182,38 @@ def latency(connections: int) -> None:
         for i, cert in enumerate(certs):
             cert.save_public(trusted / f"c{i}.key")
         store = zsec.CertStore(str(trusted))
-        changed: list[float] = []
-        # Subscribed before the guard: told first, so this is when the store changed.
-        store.subscribe(lambda change: changed.append(time.perf_counter()))
+        removed_at: dict[str, float] = {}  # Z85 key -> when the store reflected its removal
+
+        def store_changed(change: Any) -> None:
+            now = time.perf_counter()
+            for cert in change.removed:
+                removed_at.setdefault(cert.public_txt, now)
+
+        # Subscribed before the guard, so told first: the moment the store changed.
+        store.subscribe(store_changed)
         auth.configure_curve("*", store)
         server_cert = zsec.Cert()
         router = ctx.socket(zmq.ROUTER)
         router.linger = 0
         router.rcvhwm = 0
         zsec.curve_server(router, server_cert)
-        cut_at: dict[str, list[float]] = {}
-        lock = threading.Lock()
+        cuts: list[tuple[zsec.Cut, float]] = []
+        ports: dict[int, int] = {}  # fd -> peer port, from ACCEPTED
+        gone: dict[int, float] = {}  # peer port -> DISCONNECTED time
+
+        def heard(event: int, fd: int) -> None:
+            if event == zmq.EVENT_ACCEPTED:
+                ends = zsec._guard.endpoints(fd)
+                if ends is not None:
+                    ports[fd] = zsec._guard.ip_port(ends[1])[1]
+            elif event == zmq.EVENT_DISCONNECTED and fd in ports:
+                gone.setdefault(ports.pop(fd), time.perf_counter())
+
+        monitor_subscribe(router, heard)
 
         def on_cut(cut: zsec.Cut) -> None:
-            now = time.perf_counter()
-            with lock:
-                cut_at.setdefault(cut.identity, []).append(now)
-                cut_fds.append(now)
+            cuts.append((cut, time.perf_counter()))
 
-        cut_fds: list[float] = []
-        disconnected: list[float] = []
-        monitor_subscribe(
-            router,
-            lambda e, v: (
-                disconnected.append(time.perf_counter()) if e == zmq.EVENT_DISCONNECTED else None
-            ),
-        )
         guarded = auth.guard(router, on_cut=on_cut)
         router.bind("tcp://127.0.0.1:*")
         endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -226,42 +231,27 @@ def latency(connections: int) -> None:
             f"\n{connections} connections ({identities} identities x {per}) established "
             f"and heard from in {time.monotonic() - start:.1f}s"
         )
-        to_cut, to_disc = [], []
         singles = min(30, identities // 2)
-        for i in range(singles):
-            changed.clear()
-            before = len(disconnected)
-            (trusted / f"c{i}.key").unlink()
-            deadline = time.monotonic() + 5
+        batches = [[i] for i in range(singles)]
+        batches.append(list(range(singles, singles + (identities - singles) // 2)))
+        for n, batch in enumerate(batches):
+            keys = {certs[i].public_txt for i in batch}
+            for i in batch:
+                (trusted / f"c{i}.key").unlink()
+            deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                with lock:
-                    done = len(cut_at.get(certs[i].public_txt, [])) >= per
-                if done and len(disconnected) >= before + per:
+                mine = [(c, t) for c, t in cuts if c.identity in keys]
+                if len(mine) >= len(keys) * per and all(
+                    int(c.address.rsplit(":", 1)[1]) in gone for c, _ in mine
+                ):
                     break
-                time.sleep(0.0005)
-            t0 = changed[0]
-            to_cut += [(t - t0) * 1000 for t in cut_at.get(certs[i].public_txt, [])]
-            to_disc += [(t - t0) * 1000 for t in disconnected[before:]]
-        _report(f"one identity ({per} connections) at a time, {singles} times", to_cut, to_disc)
-        # Then many at once.
-        bulk = list(range(singles, singles + (identities - singles) // 2))
-        changed.clear()
-        cut_fds.clear()
-        before = len(disconnected)
-        for i in bulk:
-            (trusted / f"c{i}.key").unlink()
-        want = len(bulk) * per
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (
-            len(cut_fds) < want or len(disconnected) < before + want
-        ):
-            time.sleep(0.001)
-        t0 = changed[0]
-        _report(
-            f"{len(bulk)} identities ({want} connections) deleted at once",
-            [(t - t0) * 1000 for t in cut_fds],
-            [(t - t0) * 1000 for t in disconnected[before:]],
-        )
+                time.sleep(0.001)
+            if n == singles - 1:
+                what = f"one identity ({per} connections) at a time, {singles} times"
+                _report(what, cuts, removed_at, gone)
+                cuts.clear()
+        what = f"{len(batches[-1])} identities ({len(batches[-1]) * per} connections) at once"
+        _report(what, cuts, removed_at, gone)
         parent_end.send("done")
         proc.join(10)
         guarded.close(0)
@@ -270,8 +260,22 @@ def latency(connections: int) -> None:
     ctx.destroy(linger=0)
 
 
-def _report(what: str, to_cut: list[float], to_disc: list[float]) -> None:
-    print(f"{what}: ms from the store's change")
+def _report(
+    what: str,
+    cuts: list[tuple[zsec.Cut, float]],
+    removed_at: dict[str, float],
+    gone: dict[int, float],
+) -> None:
+    to_cut, to_disc = [], []
+    for cut, at in cuts:
+        if cut.identity not in removed_at:
+            continue  # a refused reconnect caught as a silent connection
+        t0 = removed_at[cut.identity]
+        to_cut.append((at - t0) * 1000)
+        port = int(cut.address.rsplit(":", 1)[1])
+        if port in gone:
+            to_disc.append((gone[port] - t0) * 1000)
+    print(f"{what}: ms from the store reflecting the removal")
     for name, values in (("shut down (on_cut)", to_cut), ("DISCONNECTED event", to_disc)):
         if not values:
             print(f"  {name}: none")

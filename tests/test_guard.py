@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -73,9 +74,9 @@ def test_monitor_events_carry_the_descriptor_of_the_connection(ctx: zmq.Context[
         client.send(b"x")
         assert server.recv(copy=False).get(zmq.SRCFD) >= 0
         fd = wait_for(lambda: [v for e, v in events if e == zmq.EVENT_ACCEPTED])[0]
-        local, peer = zsec._guard.endpoints(fd) or ((), ())
-        assert local[1] == int(endpoint.rsplit(":", 1)[1])
-        assert peer[0] == "127.0.0.1"
+        local, peer = zsec._guard.endpoints(fd) or (b"", b"")
+        assert zsec._guard.ip_port(local) == ("127.0.0.1", int(endpoint.rsplit(":", 1)[1]))
+        assert zsec._guard.ip_port(peer)[0] == "127.0.0.1"
         client.close(linger=0)
         wait_for(lambda: (zmq.EVENT_DISCONNECTED, fd) in events, what="DISCONNECTED with the fd")
         unsubscribe()
@@ -157,6 +158,10 @@ class Scene:
             payload = f"{i}.{c}.{n}".encode()
             if self.kind == zmq.XPUB:
                 client.subscribe(payload)
+            elif i == VICTIM:
+                # A refused client has no peer left: its send would block.
+                with contextlib.suppress(zmq.Again):
+                    client.send(payload, zmq.NOBLOCK)
             else:
                 client.send(payload)
             sent.add(payload)
@@ -535,3 +540,40 @@ def test_a_cut_is_logged_once_without_secrets(
         assert "Sup3rS3cret" not in caplog.text
     finally:
         auth.stop()
+
+
+def test_judge_names_what_changed_since_the_grant() -> None:
+    from zsec._guard import judge
+    from zsec._zap import Policy
+
+    cert = zsec.Cert()
+    store = zsec.CertStore()
+    store.insert(cert)
+    table = zsec.PasswordTable({"dave": "pw1"})
+    policy = Policy(plain={"*": table}, curve={"global": store, "*": zsec.CURVE_ALLOW_ANY})
+    user = cert.public_txt.encode()
+    curve_tag = policy.grant_tag(b"CURVE", b"global", user)
+    plain_tag = policy.grant_tag(b"PLAIN", b"global", b"dave")
+    assert curve_tag is not None and plain_tag is not None
+    curve = "7." + curve_tag.decode()
+    plain = "8." + plain_tag.decode()
+    assert judge(policy, b"global", curve, cert.public_txt, "192.0.2.1") == ""
+    assert judge(policy, b"global", plain, "dave", "192.0.2.1") == ""
+    assert judge(policy, b"other", curve, cert.public_txt, "192.0.2.1") == (
+        "CURVE configuration changed"  # admitted by the store, now under allow-any
+    )
+    table.replace({"dave": "pw2"})
+    assert judge(policy, b"global", plain, "dave", "192.0.2.1") == "password changed"
+    table.replace({})
+    assert judge(policy, b"global", plain, "dave", "192.0.2.1") == "user removed"
+    changed = Policy(curve={"*": zsec.CertStore()}, deny=["192.0.2.0/24"])
+    assert judge(changed, b"global", curve, cert.public_txt, "192.0.2.1") == (
+        "address is in the deny list"
+    )
+    assert judge(changed, b"global", curve, cert.public_txt, "198.51.100.1") == (
+        "key no longer trusted"
+    )
+    assert judge(policy, b"global", "9.n", "anonymous", "192.0.2.1") == ""
+    assert judge(policy, b"global", "9.zz", "anonymous", "192.0.2.1") == (
+        "not admitted by this authenticator"
+    )

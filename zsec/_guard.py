@@ -31,11 +31,12 @@ reconnect once and are admitted again.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import logging
-import os
 import socket as socketlib
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -79,7 +80,7 @@ _RECEIVERS = {
 }
 _MECHANISMS = {b"n": "NULL", b"p": "PLAIN", b"a": "CURVE", b"c": "CURVE"}
 
-Endpoints = tuple[Any, Any]  # (getsockname(), getpeername()) of a connection
+Endpoints = tuple[bytes, bytes]  # raw (local, peer) socket addresses of a connection
 
 
 @dataclass(frozen=True)
@@ -180,25 +181,35 @@ def judge(policy: Policy, domain: bytes, grant: str, user_id: str, address: str)
 # -- cutting --------------------------------------------------------------------------
 
 
+# The descriptor calls go through libc with the GIL held (ctypes.PyDLL): none
+# of them blocks, and releasing the GIL around each would let every other
+# Python thread delay the cutting by a switch interval (5 ms) per call.
+_libc = ctypes.PyDLL(None, use_errno=True)
+_dup = _libc.dup
+_dup.argtypes, _dup.restype = (ctypes.c_int,), ctypes.c_int
+_close = _libc.close
+_close.argtypes, _close.restype = (ctypes.c_int,), ctypes.c_int
+_shutdown = _libc.shutdown
+_shutdown.argtypes, _shutdown.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+_NAME_ARGS = (ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32))
+_getsockname = _libc.getsockname
+_getsockname.argtypes, _getsockname.restype = _NAME_ARGS, ctypes.c_int
+_getpeername = _libc.getpeername
+_getpeername.argtypes, _getpeername.restype = _NAME_ARGS, ctypes.c_int
+_BSD_SOCKADDR = sys.platform == "darwin" or "bsd" in sys.platform  # sa_len before sa_family
+
+
 def endpoints(fd: int) -> Endpoints | None:
-    """(local, peer) addresses of the TCP connection on ``fd``, read on a duplicate; or None."""
-    try:
-        dup = os.dup(fd)
-    except OSError:
+    """The raw (local, peer) socket addresses of the connection on ``fd``, or None."""
+    buffer = ctypes.create_string_buffer(128)
+    size = ctypes.c_uint32(128)
+    if _getsockname(fd, buffer, ctypes.byref(size)) != 0:
         return None
-    try:
-        sock = socketlib.socket(fileno=dup)
-    except OSError:
-        os.close(dup)  # our duplicate, never libzmq's descriptor
+    local = buffer.raw[: size.value]
+    size.value = 128
+    if _getpeername(fd, buffer, ctypes.byref(size)) != 0:
         return None
-    try:
-        if sock.type != socketlib.SOCK_STREAM:
-            return None
-        return (sock.getsockname(), sock.getpeername())
-    except OSError:
-        return None
-    finally:
-        sock.close()
+    return local, buffer.raw[: size.value]
 
 
 def shut_down(fd: int, expected: Endpoints) -> bool:
@@ -207,31 +218,31 @@ def shut_down(fd: int, expected: Endpoints) -> bool:
     Works on a duplicate and closes only the duplicate: closing libzmq's
     descriptor would make libzmq abort on its next use of it.
     """
-    try:
-        dup = os.dup(fd)
-    except OSError:
+    dup = _dup(fd)
+    if dup < 0:
         return False
     try:
-        sock = socketlib.socket(fileno=dup)
-    except OSError:
-        os.close(dup)
-        return False
-    try:
-        if sock.type != socketlib.SOCK_STREAM:
-            return False
-        if (sock.getsockname(), sock.getpeername()) != expected:
-            return False  # the number now belongs to another connection
-        sock.shutdown(socketlib.SHUT_RDWR)
-        return True
-    except OSError:
-        return False
+        if endpoints(dup) != expected:
+            return False  # the number now belongs to another connection, or to none
+        return bool(_shutdown(dup, socketlib.SHUT_RDWR) == 0)
     finally:
-        sock.close()
+        _close(dup)
 
 
-def _show(endpoint: Any) -> str:
-    host, port = endpoint[0], endpoint[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+def ip_port(raw: bytes) -> tuple[str, int]:
+    """The IP text and port of a raw IPv4/IPv6 socket address (("?", 0) for others)."""
+    family = raw[1] if _BSD_SOCKADDR else int.from_bytes(raw[:2], sys.byteorder)
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socketlib.AF_INET and len(raw) >= 8:
+        return socketlib.inet_ntop(socketlib.AF_INET, raw[4:8]), port
+    if family == socketlib.AF_INET6 and len(raw) >= 24:
+        return socketlib.inet_ntop(socketlib.AF_INET6, raw[8:24]), port
+    return "?", 0
+
+
+def _show(raw: bytes) -> str:
+    host, port = ip_port(raw)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Conn(NamedTuple):
@@ -459,22 +470,25 @@ class Warden:
         """Re-judge every known connection of every guarded socket; cut those that fail."""
         grants = policy.grants
         revoked = {} if grants is None else grants.revoked_addresses(policy)
-        verdicts: dict[str, str] = {}  # grant -> reason ("" when trusted)
+        # (tag, identity, address) -> reason ("" when trusted): connections
+        # admitted alike are judged once.
+        verdicts: dict[tuple[str, str, str], str] = {}
         for watch in self._watches:
             with watch.lock:
                 conns = list(watch.conns.items())
                 silent = [(fd, e) for fd, e in watch.accepted.items() if fd not in watch.conns]
             for fd, conn in conns:
-                reason = verdicts.get(conn.grant)
+                alike = (conn.grant.partition(".")[2], conn.identity, conn.address)
+                reason = verdicts.get(alike)
                 if reason is None:
                     reason = judge(policy, watch.domain, conn.grant, conn.identity, conn.address)
-                    verdicts[conn.grant] = reason
+                    verdicts[alike] = reason
                 if reason:
                     mechanism = _MECHANISMS.get(conn.grant.partition(".")[2][:1].encode(), "?")
                     self.cut(watch, fd, conn.ends, conn.identity, mechanism, reason)
             suspects = revoked.get(watch.domain, set())
             for fd, ends in silent:
-                ip = str(ends[1][0])
+                ip = ip_port(ends[1])[0]
                 raw = ip.encode()
                 reason = ""
                 limiter = policy.limiter
@@ -508,7 +522,7 @@ class Warden:
         limiter = self._auth.policy.limiter
         if limiter is not None and reason != "address banned":
             with contextlib.suppress(Exception):
-                limiter.excuse(limit_key(str(peer[0]).encode()))
+                limiter.excuse(limit_key(ip_port(peer)[0].encode()))
         record = Cut(time.time(), identity, mechanism, watch.domain_text, _show(peer), reason)
         log.warning(
             "cut %s connection of %s from %s in domain %s: %s",
