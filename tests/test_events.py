@@ -17,7 +17,9 @@ from zsec._keys import z85_encode
 
 from .helpers import (
     CLIENT_PUBLIC,
+    bind_loopback,
     req,
+    socket,
     wait_for,
     zap_ask,
 )
@@ -293,3 +295,30 @@ def test_a_client_key_is_z85_in_events(ctx: zmq.Context[Any], auth: zsec.Auth) -
     key = zsec.Cert.from_keys(CLIENT_PUBLIC).public_key
     (event,) = _recorded(auth, ctx, req(b"CURVE", key))
     assert event.key == CLIENT_PUBLIC == z85_encode(key)
+
+
+def test_a_guard_cut_is_a_session_cut_event(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    server_cert, client_cert = zsec.Cert(), zsec.Cert()
+    certs = _cert_dir(tmp_path, carol=client_cert)
+    auth.configure_curve("*", certs)
+    auth.audit_log(tmp_path / "audit.jsonl")
+    auth.enable_metrics()
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    with socket(ctx, zmq.PULL) as server, socket(ctx, zmq.PUSH) as client:
+        zsec.curve_server(server, server_cert)
+        guarded = auth.guard(server)
+        zsec.curve_client(client, client_cert, server_cert)
+        client.connect(bind_loopback(server))
+        client.send(b"hello")
+        assert guarded.recv() == b"hello"
+        (certs / "carol.key").unlink()
+        cut = wait_for(lambda: [t for t in recorder.trust() if t.action == "session-cut"])
+    assert cut[0].key == client_cert.public_txt
+    assert cut[0].address.startswith("127.0.0.1:")
+    assert auth.flush_events()
+    metrics = auth._events.metrics
+    assert metrics is not None and metrics.trust["session-cut"] == 1
+    assert '"action":"session-cut"' in (tmp_path / "audit.jsonl").read_text()

@@ -26,6 +26,7 @@ from ._errors import (
     ZsecValueError,
 )
 from ._events import AuditLog, Decision, TrustChange
+from ._guard import REVOKED_REPLY, AsyncGuardedSocket, Cut, GuardedSocket
 from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
 from ._passwords import PasswordFile, PasswordTable
@@ -45,17 +46,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CURVE_ALLOW_ANY",
+    "REVOKED_REPLY",
     "ZAP_ENDPOINT",
     "AddressError",
+    "AsyncGuardedSocket",
     "AuditLog",
     "Auth",
     "AuthError",
     "Cert",
     "CertStore",
     "CertificateError",
+    "Cut",
     "Decision",
     "FailureLimiter",
     "FileAccessError",
+    "GuardedSocket",
     "Handshake",
     "HandshakeMonitor",
     "HandshakeTimeout",

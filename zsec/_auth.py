@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -26,6 +26,7 @@ from ._events import (
     metrics_registry,
     start_metrics_server,
 )
+from ._guard import Grants
 from ._passwords import PasswordFile
 from ._sockets import running_contexts
 from ._store import CertStore
@@ -38,6 +39,9 @@ from ._zap import (
     error_reply,
     parse_address_rule,
 )
+
+if TYPE_CHECKING:
+    from ._guard import Cut, GuardedSocket
 
 log = logging.getLogger("zsec.auth")
 
@@ -71,7 +75,7 @@ class Auth:
         # shared, and the pump gets blocking sockets even under asyncio.
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(base.underlying)
         self._lock = threading.Lock()
-        self._policy = Policy(verbose=verbose)
+        self._policy = Policy(verbose=verbose, grants=Grants())
         self._owned: dict[str, CertStore] = {}
         self._stopped = False
         self._done = threading.Event()
@@ -189,6 +193,21 @@ class Auth:
 
     # -- configuration --------------------------------------------------------
 
+    # Told of every new policy (the live-revocation guard), whichever method made it.
+    _policy_listeners: tuple[Callable[[Policy], None], ...] = ()
+    _warden: Any = None
+    _cuts_followed = False
+
+    @property
+    def _policy(self) -> Policy:
+        return self.__policy
+
+    @_policy.setter
+    def _policy(self, policy: Policy) -> None:
+        self.__policy = policy
+        for listener in self._policy_listeners:
+            listener(policy)
+
     @property
     def policy(self) -> Policy:
         """The policy in force now (immutable)."""
@@ -242,7 +261,7 @@ class Auth:
                 current.reconfigure(max_failures, window, ban)
             else:
                 limiter = FailureLimiter(max_failures, window, ban)
-                limiter.on_ban = self._events.ban_listener
+                self._events.follow_bans(limiter)
                 self._policy = self._policy.replace(limiter=limiter)
 
     def allow(self, *addresses: str) -> None:
@@ -317,6 +336,32 @@ class Auth:
             self._events.watch_stores(self._policy.curve)
         if previous is not None:
             previous.close()
+
+    # -- live revocation ----------------------------------------------------------
+
+    def guard(self, socket: Any, *, on_cut: Callable[[Cut], None] | None = None) -> GuardedSocket:
+        """Guard a server socket: deliver only messages from peers still trusted, cut the others.
+
+        Returns a ``GuardedSocket`` to receive from in place of ``socket`` (a
+        zsec-configured server of this authenticator's context; awaitables
+        for a ``zmq.asyncio`` socket). When a trust change revokes a peer,
+        its connections on every guarded socket are closed within
+        milliseconds; ``on_cut(Cut)`` hears of each one. Linux/POSIX, TCP.
+        """
+        from ._guard import warden_of
+
+        warden = warden_of(self)
+        if not self._cuts_followed:
+            # Each cut becomes a "session-cut" event: logs, audit, metrics.
+            self._cuts_followed = True
+            warden.subscribe(self._events.cut_listener)
+        return warden.guard(socket, on_cut)
+
+    def subscribe_cuts(self, listener: Callable[[Cut], None]) -> Callable[[], None]:
+        """Call ``listener(Cut)`` for every connection any guard cuts; returns the unsubscriber."""
+        from ._guard import warden_of
+
+        return warden_of(self).subscribe(listener)
 
     # -- lifecycle --------------------------------------------------------------
 

@@ -35,8 +35,10 @@ from ._keys import z85_encode
 
 if TYPE_CHECKING:
     from ._cert import Cert
+    from ._guard import Cut
     from ._index import StoreChange
     from ._store import CertStore
+    from ._throttle import FailureLimiter
     from ._zap import Policy, ZapReply, ZapRequest
 
 log = logging.getLogger("zsec.auth")
@@ -344,8 +346,8 @@ def log_event(event: Event, verbose: bool) -> None:
             extra=log_extra(event),
         )
         return
-    if event.action in ("ban-started", "ban-ended"):
-        return  # the limiter logs bans itself (WARNING, zsec.auth)
+    if event.action in ("ban-started", "ban-ended", "session-cut"):
+        return  # the limiter and the guard log these themselves
     level = logging.WARNING if event.action == "store-unavailable" else logging.INFO
     if not trust_log.isEnabledFor(level):
         return
@@ -1067,15 +1069,43 @@ class EventHub:
                     listener = _StoreListener(self, key[0], source)
                     watched[key] = (source.subscribe(listener), listener)
 
-    def ban_listener(self, address: bytes, started: bool, duration: float) -> None:
-        """``FailureLimiter.on_ban`` callback: a ban started or ended (ZAP thread)."""
+    def follow_bans(self, limiter: FailureLimiter) -> None:
+        """Publish ``ban-started`` and ``ban-ended`` for ``limiter`` (called in the ZAP thread)."""
+
+        def started(address: bytes) -> None:
+            self.publish(
+                TrustChange(
+                    time.time(),
+                    "ban-started",
+                    address=address[:255].decode("ascii", "backslashreplace"),
+                    duration=limiter.ban,
+                    reason="repeated authentication failures",
+                )
+            )
+
+        def ended(address: bytes) -> None:
+            self.publish(
+                TrustChange(
+                    time.time(),
+                    "ban-ended",
+                    address=address[:255].decode("ascii", "backslashreplace"),
+                )
+            )
+
+        limiter.on_ban(started)
+        limiter.on_ban_end(ended)
+
+    def cut_listener(self, cut: Cut) -> None:
+        """``Auth.subscribe_cuts`` callback: the guard closed a live session."""
+        identity = cut.identity
         self.publish(
             TrustChange(
-                time.time(),
-                "ban-started" if started else "ban-ended",
-                address=address[:255].decode("ascii", "backslashreplace"),
-                duration=duration if started else None,
-                reason="repeated authentication failures" if started else "",
+                cut.time,
+                "session-cut",
+                domain=cut.domain,
+                key=identity if cut.mechanism == "CURVE" else None,
+                address=cut.address,
+                reason=cut.reason + ("" if cut.mechanism == "CURVE" else f" (identity {identity})"),
             )
         )
 
