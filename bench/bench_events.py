@@ -12,7 +12,8 @@ in each run:
 - ``on``: the same plus a subscriber callback, the JSON-lines audit log on
   local disk and Prometheus metrics, all consuming every decision;
 - ``no-hub``: the policy's emitter removed, for reference: what the hand-off
-  itself costs the ZAP thread.
+  itself costs the ZAP thread;
+- ``subscriber``, ``audit``, ``metrics``: one consumer each (``--configs``).
 
 Prints requests/s (median of N runs) and the ratio on/off (target >= 85%),
 then the server process's CPU time per request (ZAP thread, proxy, events
@@ -54,11 +55,13 @@ class Server:
         if mechanism == "CURVE":
             self.auth.configure_curve("global", certs)
         self.seen = 0
-        if config == "on":
+        if config in ("on", "subscriber"):
             self.auth.subscribe(self._count)
+        if config in ("on", "audit"):
             self.auth.audit_log(work / f"audit-{os.getpid()}.jsonl")
+        if config in ("on", "metrics"):
             self.auth.enable_metrics()
-        elif config == "no-hub":
+        if config == "no-hub":
             self.auth._policy = self.auth._policy.replace(emit=None)
         self.endpoint = f"ipc://{tempfile.gettempdir()}/zsec-bench-events-{os.getpid()}.ipc"
         self.front = self.ctx.socket(zmq.ROUTER)

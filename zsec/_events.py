@@ -80,6 +80,9 @@ def reason_code(reason: str, status: int) -> str:
     return "malformed" if status == 400 else "other"
 
 
+# The events thread's caches of derived text: small, since under hostile
+# traffic (random addresses, keys, names) every entry is new.
+_CACHE_LIMIT = 1024
 _TEXTS: dict[bytes, str] = {}
 
 
@@ -89,7 +92,7 @@ def _text(value: bytes) -> str:
     text = _TEXTS.get(value)
     if text is None:
         text = value.decode("utf-8", "backslashreplace")
-        if len(_TEXTS) >= 4096:
+        if len(_TEXTS) >= _CACHE_LIMIT:
             _TEXTS.clear()
         _TEXTS[value] = text
     return text
@@ -230,9 +233,9 @@ def _outcome(code: bytes, text: bytes) -> tuple[int, str, str, str]:
             status = 500
         verdict = "allowed" if status == 200 else "error" if status == 500 else "refused"
         found = (status, verdict, reason, reason_code(reason, status))
-        if len(_OUTCOMES) >= 1024:
-            _OUTCOMES.clear()
-        _OUTCOMES[code, text] = found
+        # Only the policy's own reasons: a malformed request's text varies.
+        if reason in _REASON_CODES:
+            _OUTCOMES[code, text] = found
     return found
 
 
@@ -240,7 +243,7 @@ def _z85(key: bytes) -> str:
     text = _Z85.get(key)
     if text is None:
         text = z85_encode(key)
-        if len(_Z85) >= 16384:
+        if len(_Z85) >= _CACHE_LIMIT:
             _Z85.clear()
         _Z85[key] = text
     return text
@@ -401,7 +404,7 @@ def audit_line(event: Event) -> bytes:
                 f'"verdict":{_quote(event.verdict)},"status":{int(event.status)},'
                 f'"reason":{_quote(event.reason)},"reason_code":{_quote(event.reason_code)}'
             )
-            if len(_MIDDLES) >= 4096:
+            if len(_MIDDLES) >= _CACHE_LIMIT:
                 _MIDDLES.clear()
             _MIDDLES[fields] = middle
         latency = max(event.latency, 0.0)
