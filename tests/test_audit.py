@@ -184,3 +184,18 @@ def test_a_writer_killed_mid_stream_leaves_only_whole_lines(tmp_path: Path) -> N
     records = [json.loads(line) for line in lines]
     assert {r.get("event", "padding") for r in records} == {"decision", "padding"}
     assert all(r == {} for r in records if "event" not in r)
+
+
+def test_a_decision_line_is_the_json_of_its_event() -> None:
+    from zsec._events import audit_line
+
+    for event in (
+        _decision(7),
+        Decision(
+            time.time(), "CURVE", 'we"ird\\\x1b', "::1", None, "k" * 40, "caf\u00e9 \u2603",
+            "allowed", 200, "OK", "ok", 0.0000123,
+        ),
+    ):  # fmt: skip
+        line = audit_line(event)
+        assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
+        assert json.loads(line) == json.loads(json.dumps(event.to_dict()))
