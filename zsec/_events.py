@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._errors import AuthError, ZsecTypeError
@@ -489,7 +489,7 @@ class AuditLog:
             return True
         return (st.st_dev, st.st_ino) != self._id
 
-    def write(self, events: Iterable[Event]) -> None:
+    def write(self, events: Sequence[Event]) -> None:
         """Append one line per event; I/O errors are counted and logged, never raised."""
         with self._lock:
             if self._fd < 0:
@@ -500,34 +500,32 @@ class AuditLog:
             except (OSError, AuthError) as exc:
                 self._failed(exc)
             fd = self._fd
-            chunk: list[bytes] = []
+            lines = [audit_line(event) for event in events]
             # Lines go out in writes that each stay inside one 4 KiB block:
             # several lines per write when they fit, padding to close a block
             # when the next line does not.
-            room = _BLOCK - self._offset % _BLOCK
-            used = 0
-            for event in events:
-                line = audit_line(event)
-                if len(line) > _BLOCK:
-                    line = audit_line(_shortened(event))
-                if len(line) > room - used:
-                    chunk.append(_padding(room - used))
-                    self._flush(fd, chunk)
-                    room, used, chunk = _BLOCK, 0, []
-                left = room - used - len(line)
-                if 0 < left < 3:
-                    # Too little would be left for a padding line: fill it.
-                    line = line[:-1] + b" " * left + b"\n"
-                    left = 0
-                chunk.append(line)
-                used += len(line)
-                if not left:
-                    self._flush(fd, chunk)
-                    room, used, chunk = _BLOCK, 0, []
-            if chunk:
-                self._flush(fd, chunk)
+            free = _BLOCK - self._offset % _BLOCK  # left in the current block
+            first = 0  # the first line not yet written
+            for i, line in enumerate(lines):
+                size = len(line)
+                if size > _BLOCK:
+                    line = lines[i] = audit_line(_shortened(events[i]))
+                    size = len(line)
+                if size <= free - 3 or size == free:
+                    free -= size
+                    continue
+                if size < free:
+                    # It fits but would leave too little for a padding line.
+                    lines[i] = line[:-1] + b" " * (free - size) + b"\n"
+                    free = 0
+                    continue
+                self._flush(fd, [*lines[first:i], _padding(free)], i - first)
+                first = i
+                free = _BLOCK - size
+            if first < len(lines):
+                self._flush(fd, lines[first:], len(lines) - first)
 
-    def _flush(self, fd: int, chunk: list[bytes]) -> None:
+    def _flush(self, fd: int, chunk: list[bytes], count: int) -> None:
         data = b"".join(chunk)
         try:
             done = os.write(fd, data)
@@ -540,7 +538,7 @@ class AuditLog:
                 self._offset = os.lseek(fd, 0, os.SEEK_END)
             return
         self._offset += done
-        self.lines += sum(1 for line in chunk if line[:2] == b'{"')
+        self.lines += count
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1
