@@ -492,7 +492,7 @@ def test_check_a_password_file(tmp_path: Path) -> None:
     good = tmp_path / "good.txt"
     assert _run(["passwd", str(good), "bob", "--stdin"], io.StringIO("Cli-Stdin-Value\n"))[0] == 0
     code, out, _ = _run(["check", str(good)])
-    assert code == 0 and "password file" in out and "1 users, 0 problem(s)" in out
+    assert code == 0 and "password file" in out and "1 user, 0 problem(s)" in out
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"# comment\nalice=Pl41n-Secret-Value\nPl41n-Secret-Value\n=x\nalice=2\n")
     bad.chmod(0o644)

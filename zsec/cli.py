@@ -418,7 +418,8 @@ def render_report(report: dict[str, Any]) -> str:
     counted = "certificates" if "certificates" in report else "users"
     problems, notes = report["problems"], report["notes"]
     out = [
-        f"{report['kind']} {_printable(report['path'])}: {report[counted]} {counted}, "
+        f"{report['kind']} {_printable(report['path'])}: {report[counted]} "
+        f"{counted if report[counted] != 1 else counted[:-1]}, "
         f"{len(problems)} problem(s)\n"
     ]
     rows = [("PROBLEM", r["problem"], r["path"], r["detail"]) for r in problems]
