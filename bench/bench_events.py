@@ -134,7 +134,7 @@ def run_once(
         # Every decision reached the subscriber and the audit log, or was counted as dropped.
         print(
             f"   on: {total:,} decisions, {seen:,} delivered, {dropped:,} dropped, "
-            f"{lines:,} audit lines"
+            f"{lines:,} audit lines (with padding)"
         )
     if refused:
         print(f"   {config}: {refused} refused (should be 0)")

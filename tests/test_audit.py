@@ -159,20 +159,26 @@ from zsec._events import AuditLog, Decision
 audit = AuditLog(sys.argv[1])
 i = 0
 while True:
+    # Big batches of lines of many lengths: every write crosses pages.
     audit.write([Decision(time.time(), "CURVE", "global", "127.0.0.1", None, "k" * 40,
-                          "name " * i, "allowed", 200, "OK", "ok", 0.0) for _ in range(20)])
-    i = (i + 1) % 300
+                          "name " * ((i + j) % 300), "allowed", 200, "OK", "ok", 0.0)
+                 for j in range(500)])
+    i += 7
 """
 
 
 def test_a_writer_killed_mid_stream_leaves_only_whole_lines(tmp_path: Path) -> None:
+    # Without the block alignment, appending such batches with plain writes
+    # left torn lines in about one kill in two.
     path = tmp_path / "audit.jsonl"
-    for size in (200_000, 700_000, 1_500_000):
+    for kill in range(8):
+        start = path.stat().st_size if path.exists() else 0
         proc = subprocess.Popen(
             [sys.executable, "-c", _WRITER, str(path)], cwd=ROOT, env={**os.environ}
         )
         try:
-            wait_for(lambda s=size: path.exists() and path.stat().st_size > s, timeout=60)
+            target = start + 200_000 + kill * 77_777
+            wait_for(lambda t=target: path.exists() and path.stat().st_size > t, timeout=60)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)

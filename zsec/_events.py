@@ -430,15 +430,14 @@ def _second_bytes(whole: int) -> tuple[int, bytes]:
 class AuditLog:
     """An append-only JSON-lines file of events that survives crashes and rotation.
 
-    Each line goes out inside one ``os.write`` on an ``O_APPEND`` descriptor,
-    and no write crosses a 4 KiB boundary of the file, so a writer killed at
-    any instant leaves whole lines only. (One write per line is not enough
-    on its own: Linux checks for a fatal signal between the pages of a
-    write, so a SIGKILL can cut a line that crosses a page boundary.) Lines
-    that fit in the same block share one write; when the next line would
-    cross the boundary, the block is closed with a padding line, ``{``
-    spaces ``}``: an empty JSON object, which readers skip because it has
-    no ``event``. A torn last line from any other cause (power loss) is
+    Lines are appended with ``os.write`` on an ``O_APPEND`` descriptor, one
+    write per batch, and no line straddles a 4 KiB boundary of the file: a
+    line that would is preceded by a padding line, ``{`` spaces ``}`` (an
+    empty JSON object, which readers skip because it has no ``event``).
+    Linux cuts a write short on a fatal signal only between pages, so a
+    writer killed at any instant leaves whole lines only. (Writing each line
+    with its own ``write`` is not enough: a line across a page boundary can
+    be cut.) A torn last line from any other cause (power loss) is
     ended with a newline at the next open. Assumes one writer per file. Before
     each batch the path is compared with the open file (device and inode):
     after a rotation (rename, then the old name is free) the file is
@@ -499,31 +498,30 @@ class AuditLog:
                     self._open()
             except (OSError, AuthError) as exc:
                 self._failed(exc)
-            fd = self._fd
             lines = [audit_line(event) for event in events]
-            # Lines go out in writes that each stay inside one 4 KiB block:
-            # several lines per write when they fit, padding to close a block
-            # when the next line does not.
+            # No line may straddle a 4 KiB boundary of the file: a line that
+            # would is preceded by a padding line that closes the block.
             free = _BLOCK - self._offset % _BLOCK  # left in the current block
-            first = 0  # the first line not yet written
+            out: list[bytes] = []
             for i, line in enumerate(lines):
                 size = len(line)
                 if size > _BLOCK:
-                    line = lines[i] = audit_line(_shortened(events[i]))
+                    line = audit_line(_shortened(events[i]))
                     size = len(line)
                 if size <= free - 3 or size == free:
                     free -= size
-                    continue
-                if size < free:
+                elif size < free:
                     # It fits but would leave too little for a padding line.
-                    lines[i] = line[:-1] + b" " * (free - size) + b"\n"
+                    line = line[:-1] + b" " * (free - size) + b"\n"
                     free = 0
-                    continue
-                self._flush(fd, [*lines[first:i], _padding(free)], i - first)
-                first = i
-                free = _BLOCK - size
-            if first < len(lines):
-                self._flush(fd, lines[first:], len(lines) - first)
+                else:
+                    out.append(_padding(free))
+                    free = _BLOCK - size
+                out.append(line)
+            # One write for the batch: Linux stops a write cut short by a
+            # fatal signal only between pages, and every page boundary is a
+            # line boundary here.
+            self._flush(self._fd, out, len(lines))
 
     def _flush(self, fd: int, chunk: list[bytes], count: int) -> None:
         data = b"".join(chunk)
