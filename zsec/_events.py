@@ -633,8 +633,10 @@ class Metrics:
     def count(self, events: list[Event], domains: frozenset[str]) -> None:
         # Counted with C-level iteration (Counter over itemgetter maps): this
         # runs for every decision, in the thread that competes with ZAP's.
-        decisions = [e for e in events if type(e) is Decision]
-        trust = collections.Counter(e.action for e in events if type(e) is TrustChange)
+        decisions: list[Any] = [e for e in events if type(e) is Decision]
+        trust: collections.Counter[str] = collections.Counter()
+        if len(decisions) != len(events):
+            trust.update(e.action for e in events if type(e) is TrustChange)
         raw = collections.Counter(map(_DECISION_LABELS, decisions))
         buckets = collections.Counter(
             zip(
@@ -643,9 +645,13 @@ class Metrics:
                 strict=True,
             )
         )
+        mechanisms = {m for m, _ in buckets}
         sums: dict[str, float] = {}
-        for mechanism in {m for m, _ in buckets}:
-            sums[mechanism] = sum(e[11] for e in decisions if e[1] == mechanism)
+        if len(mechanisms) == 1:
+            sums[mechanisms.pop()] = sum(map(_LATENCY, decisions))
+        else:
+            for mechanism in mechanisms:
+                sums[mechanism] = sum(e[11] for e in decisions if e[1] == mechanism)
         with self._lock:
             counted = self.decisions
             for (mechanism, domain, verdict, code), value in raw.items():
