@@ -35,7 +35,6 @@ import ctypes
 import itertools
 import logging
 import socket as socketlib
-import struct
 import sys
 import threading
 import time
@@ -119,20 +118,28 @@ class Grants:
 
     def stamp(self, policy: Policy, request: ZapRequest, reply: ZapReply) -> ZapReply:
         """Return ``reply`` with a grant property added (unchanged if nothing admits it)."""
-        tag = policy.grant_tag(request.mechanism, request.domain, reply.user_id)
+        tag = policy.grant_tag(request.mechanism, request.domain, reply.user_id, request.client_key)
         if tag is None:
             return reply
         value = b"%x." % next(self._next) + tag
         key = (request.domain, tag, reply.user_id)
-        with self._lock:
-            addresses = self._seen.get(key)
-            if addresses is None:
-                if len(self._seen) >= _SEEN_LIMIT:
-                    self._seen.pop(next(iter(self._seen)))
-                addresses = self._seen[key] = set()
-            addresses.add(request.address)
-        prop = _GRANT_PREFIX + struct.pack(">I", len(value)) + value
-        return reply._replace(metadata=reply.metadata + prop)
+        addresses = self._seen.get(key)
+        if addresses is None or request.address not in addresses:
+            with self._lock:
+                addresses = self._seen.get(key)
+                if addresses is None:
+                    if len(self._seen) >= _SEEN_LIMIT:
+                        self._seen.pop(next(iter(self._seen)))
+                    addresses = self._seen[key] = set()
+                addresses.add(request.address)
+        prop = _GRANT_PREFIX + len(value).to_bytes(4, "big") + value
+        return ZapReply(
+            reply.request_id,
+            reply.status_code,
+            reply.status_text,
+            reply.user_id,
+            reply.metadata + prop,
+        )
 
     def revoked_addresses(self, policy: Policy) -> dict[bytes, set[str]]:
         """Forget the identities ``policy`` no longer admits; return their IPs per domain."""

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._errors import AddressError, SocketConfigError, ZapError, ZsecError, ZsecTypeError
-from ._keys import KEY_BYTES, z85_encode
+from ._keys import KEY_BYTES, coerce_key, z85_encode
 
 if TYPE_CHECKING:
     from ._guard import Grants
@@ -339,6 +339,7 @@ class Policy:
         "_curve",
         "_curve_cache",
         "_plain",
+        "_tag_cache",
         "allow",
         "curve",
         "deny",
@@ -373,6 +374,7 @@ class Policy:
         put(self, "_curve", {k.encode(): v for k, v in self.curve.items()})
         put(self, "_address_cache", {})
         put(self, "_curve_cache", {})
+        put(self, "_tag_cache", {})
 
     def replace(self, **changes: Any) -> Policy:
         """Return a copy with some of allow, deny, plain, curve, verbose changed."""
@@ -399,6 +401,7 @@ class Policy:
     _curve: dict[bytes, CertStore | _AllowAny]
     _address_cache: dict[bytes, bytes]
     _curve_cache: dict[bytes, tuple[object, bytes, bytes]]
+    _tag_cache: dict[bytes, tuple[object, bytes]]
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Policy is immutable; use replace()")
@@ -482,12 +485,16 @@ class Policy:
             self._remember_curve(key, cached)
         return ZapReply(request.request_id, b"200", _OK, cached[1], cached[2])
 
-    def grant_tag(self, mechanism: bytes, domain: bytes, user_id: bytes) -> bytes | None:
+    def grant_tag(
+        self, mechanism: bytes, domain: bytes, user_id: bytes, key: bytes = b""
+    ) -> bytes | None:
         """What admits ``user_id`` in ``domain`` under this policy now, or None if nothing does.
 
         The live-revocation guard compares it with the tag recorded when a
         connection was admitted: any difference means the credentials that
-        admitted it have changed. Addresses are judged separately.
+        admitted it have changed. Addresses are judged separately. For
+        CURVE, ``key`` (the raw client key, when known) spares decoding
+        ``user_id``.
         """
         if mechanism == b"NULL":
             return b"n"
@@ -507,14 +514,23 @@ class Policy:
                 return None
             if source is CURVE_ALLOW_ANY:
                 return b"a"
-            try:
-                cert = source.lookup(user_id.decode("ascii"))  # type: ignore[union-attr]
-            except (ZsecError, UnicodeDecodeError):
-                return None
+            if len(key) != KEY_BYTES:
+                try:
+                    key = coerce_key(user_id.decode("ascii"))
+                except (ZsecError, UnicodeDecodeError):
+                    return None
+            cert = source.lookup(key)  # type: ignore[union-attr]
             if cert is None:
                 return None
+            cached = self._tag_cache.get(key)
+            if cached is not None and cached[0] is cert:
+                return cached[1]
             meta = hashlib.blake2b(cert_properties(cert._meta), digest_size=8).hexdigest()
-            return b"c" + meta.encode()
+            tag = b"c" + meta.encode()
+            if len(self._tag_cache) >= _CACHE_LIMIT:
+                self._tag_cache.clear()
+            self._tag_cache[key] = (cert, tag)
+            return tag
         return None
 
     def _remember_curve(self, key: bytes, entry: tuple[object, bytes, bytes]) -> None:
