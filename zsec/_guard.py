@@ -115,12 +115,22 @@ class Grants:
         # (domain, tag, user id) -> IPs admitted with it: for connections
         # that never spoke, the only link between them and an identity.
         self._seen: dict[tuple[bytes, bytes, bytes], set[bytes]] = {}
+        #: (password set, its version) just before the last PLAIN check; the
+        #: authenticator thread alone writes and reads it.
+        self.checking: tuple[Any, int] | None = None
 
     def stamp(self, policy: Policy, request: ZapRequest, reply: ZapReply) -> ZapReply:
         """Return ``reply`` with a grant property added (unchanged if nothing admits it)."""
         tag = policy.grant_tag(request.mechanism, request.domain, reply.user_id, request.client_key)
         if tag is None:
             return reply
+        if request.mechanism == b"PLAIN":
+            checking, self.checking = self.checking, None
+            if checking is None or checking[0].version != checking[1]:
+                # The entries changed around the check: the tag might name an
+                # entry other than the one the password matched. Unstamped,
+                # the guard refuses the connection; the client redials.
+                return reply
         value = b"%x." % next(self._next) + tag
         key = (request.domain, tag, reply.user_id)
         addresses = self._seen.get(key)

@@ -455,6 +455,9 @@ class Policy:
             if passwords is None:
                 return ZapReply(request.request_id, b"400", b"no PLAIN passwords for this domain")
             username, password = request.credentials
+            if self.grants is not None:
+                # The grant must name the entry this check used (see Grants.stamp).
+                self.grants.checking = (passwords, passwords.version)
             reason = passwords.check(username, password)
             if reason:
                 return ZapReply(request.request_id, b"400", reason)
@@ -504,8 +507,18 @@ class Policy:
                 passwords = self._plain.get(b"*")
             if passwords is None:
                 return None
+            version = passwords.version
+            cached = self._tag_cache.get(user_id)
+            if cached is not None and cached[0] == (passwords, version):
+                return cached[1]
             entry = passwords.entry_tag(user_id)
-            return None if entry is None else b"p" + entry.hex().encode()
+            if entry is None:
+                return None
+            tag = b"p" + entry.hex().encode()
+            if len(self._tag_cache) >= _CACHE_LIMIT:
+                self._tag_cache.clear()
+            self._tag_cache[user_id] = ((passwords, version), tag)
+            return tag
         if mechanism == b"CURVE":
             source = self._curve.get(domain)
             if source is None:
