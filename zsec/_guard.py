@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
 
+from . import _zap
 from ._errors import SocketConfigError, ZsecTypeError
 from ._monitor import subscribe as monitor_subscribe
 from ._zap import Policy, ZapReply, ZapRequest, limit_key
@@ -66,7 +67,7 @@ REVOKED_REPLY = b"zsec: access revoked"
 #: How often password files are looked at for changes, in seconds.
 PASSWORD_POLL_SECONDS = 0.05
 _CACHE_LIMIT = 100_000
-_SEEN_LIMIT = 100_000
+_ADDRESSES_PER_IDENTITY = 64
 _RECEIVERS = {
     zmq.ROUTER: "ROUTER",
     zmq.DEALER: "DEALER",
@@ -138,10 +139,13 @@ class Grants:
             with self._lock:
                 addresses = self._seen.get(key)
                 if addresses is None:
-                    if len(self._seen) >= _SEEN_LIMIT:
+                    # Bounded like the policy's caches: hostile traffic with
+                    # ever-new keys (CURVE_ALLOW_ANY) must not grow memory.
+                    if len(self._seen) >= _zap._CACHE_LIMIT:
                         self._seen.pop(next(iter(self._seen)))
                     addresses = self._seen[key] = set()
-                addresses.add(request.address)
+                if len(addresses) < _ADDRESSES_PER_IDENTITY:
+                    addresses.add(request.address)
         prop = _GRANT_PREFIX + len(value).to_bytes(4, "big") + value
         return ZapReply(
             reply.request_id,
