@@ -1,4 +1,4 @@
-"""Auth's settings: the CURVE User-Id hook, unknown settings, pyzmq's '*', start()."""
+"""Auth's settings: PLAIN passwords in a dict, the CURVE User-Id hook, unknown settings, start()."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import zmq
 
 import zsec
 
-from .helpers import attempt, serve
+from .helpers import attempt, fast_hash, login, serve
 
 SERVER = zsec.Cert()
 CLIENT = zsec.Cert()
@@ -28,6 +28,55 @@ def _user_id(ctx: zmq.Context[Any], domain: str = "global") -> tuple[zsec.Handsh
         ctx, server[1], lambda s: zsec.curve_client(s, CLIENT, SERVER), server=server[0]
     )
     return verdict, None if frame is None else frame.get("User-Id")
+
+
+# -- PLAIN passwords given in memory ------------------------------------------------------
+
+
+def test_plain_passwords_can_be_a_mapping_of_str_bytes_or_hashes(
+    ctx: zmq.Context[Any], auth: zsec.Auth
+) -> None:
+    auth.configure_plain(
+        "global",
+        {"admin": "s3cret", b"ops": b"0ps-pw", "carol": fast_hash(b"carols-pw").decode()},
+    )
+    _, endpoint = serve(ctx, zsec.plain_server)
+    assert login(ctx, endpoint, "admin", "s3cret").ok
+    assert login(ctx, endpoint, "ops", "0ps-pw").ok
+    assert login(ctx, endpoint, "carol", "carols-pw").ok
+    assert login(ctx, endpoint, "admin", "s3cret!").zap_status == 400
+    assert login(ctx, endpoint, "nobody", "s3cret").zap_status == 400
+    table = auth.policy.plain["global"]
+    assert isinstance(table, zsec.PasswordTable)
+    assert "s3cret" not in repr(table) and "s3cret" not in repr(auth)
+
+
+def test_a_password_table_is_used_as_given_and_none_removes_it(
+    ctx: zmq.Context[Any], auth: zsec.Auth
+) -> None:
+    table = zsec.PasswordTable({"admin": "first"})
+    auth.configure_plain("global", table)
+    assert auth.policy.plain["global"] is table
+    _, endpoint = serve(ctx, zsec.plain_server)
+    assert login(ctx, endpoint, "admin", "first").ok
+    table.replace({"admin": "second"})  # in force for the next login
+    assert login(ctx, endpoint, "admin", "first").zap_status == 400
+    assert login(ctx, endpoint, "admin", "second").ok
+    auth.configure_plain("global", None)
+    assert login(ctx, endpoint, "admin", "second").zap_status == 400
+
+
+@pytest.mark.parametrize(
+    ("passwords", "error"),
+    [({"admin": 7}, zsec.ZsecTypeError), ({"x" * 256: "pw"}, zsec.PasswordError)],
+)
+def test_a_mapping_that_cannot_be_passwords_is_refused(
+    auth: zsec.Auth, passwords: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error) as caught:
+        auth.configure_plain("global", passwords)
+    assert "pw" not in str(caught.value)
+    assert "global" not in auth.policy.plain
 
 
 # -- the User-Id hook -------------------------------------------------------------------

@@ -20,13 +20,13 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import zmq
 
 from ._errors import AuthError, ZsecTypeError, ZsecValueError
-from ._passwords import PasswordFile
+from ._passwords import PasswordFile, PasswordTable
 from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import (
@@ -397,9 +397,10 @@ class Auth:
 
         ``passwords`` is a file path (CZMQ's ``name=password`` format; ``zsec
         passwd`` adds hashed entries; reloaded when it changes), a
-        ``PasswordFile``, or a mapping of user to password (str or bytes;
-        held only as keyed digests, or argon2 strings as given). ``None``
-        removes the domain's PLAIN configuration.
+        ``PasswordFile``, a ``PasswordTable``, or a mapping of user to
+        password (str or bytes; made into a ``PasswordTable``: held only as
+        keyed digests, or argon2 strings as given, compared in constant time,
+        never logged). ``None`` removes the domain's PLAIN configuration.
         """
         check_domain(domain)
         if passwords is not None:
@@ -628,15 +629,11 @@ class Auth:
         )
 
 
-def _password_source(passwords: Any) -> Any:
+def _password_source(passwords: Any) -> PasswordFile | PasswordTable:
     """A ``PasswordFile`` or ``PasswordTable`` for what ``configure_plain`` was given."""
-    from collections.abc import Mapping
-
-    if isinstance(passwords, PasswordFile):
+    if isinstance(passwords, (PasswordFile, PasswordTable)):
         return passwords
     if isinstance(passwords, Mapping):
-        from ._passwords import PasswordTable  # type: ignore[attr-defined]
-
         return PasswordTable(passwords)
     return PasswordFile(passwords)
 

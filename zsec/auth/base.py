@@ -23,7 +23,7 @@ from .._auth import Auth
 from .._errors import FileAccessError, ZsecTypeError, ZsecValueError
 from .._files import fspath
 from .._keys import z85_encode
-from .._passwords import PasswordFile
+from .._passwords import PasswordFile, PasswordTable
 from .._zap import CURVE_ALLOW_ANY, check_domain, parse_address_rule
 
 
@@ -145,7 +145,7 @@ class Authenticator:
             return
         if isinstance(passwords, Mapping):
             passwords = _password_table(passwords, self.encoding)
-        elif not isinstance(passwords, PasswordFile):
+        elif not isinstance(passwords, (PasswordFile, PasswordTable)):
             passwords = PasswordFile(passwords)
         self._configure(self._plain, domain, passwords)
         self.log.debug("PLAIN configured for domain %r", domain)
@@ -251,9 +251,7 @@ class Authenticator:
         return named
 
 
-def _password_table(passwords: Mapping[Any, Any], encoding: str) -> Any:
-    from .._passwords import PasswordTable  # type: ignore[attr-defined]
-
+def _password_table(passwords: Mapping[Any, Any], encoding: str) -> PasswordTable:
     def raw(value: Any) -> Any:
         return value.encode(encoding) if isinstance(value, str) else value
 
