@@ -180,6 +180,23 @@ def test_a_provider_that_fails_gets_500_and_is_logged_once(
     assert auth.running
 
 
+@pytest.mark.parametrize("result", ["raise", "garbage"])
+def test_a_coroutine_provider_that_fails_gets_500(
+    ctx: zmq.Context[Any], auth: zsec.Auth, caplog: pytest.LogCaptureFixture, result: str
+) -> None:
+    async def provider(domain: str, key: bytes) -> Any:
+        await asyncio.sleep(0)
+        if result == "raise":
+            raise KeyError("no such table")
+        return [key]
+
+    auth.configure_curve_callback("global", provider)
+    with caplog.at_level(logging.ERROR, logger="zsec.auth"):
+        assert _connect(ctx, _server(ctx, "global"), GOOD)[0].zap_status == 500
+    expected = "raised KeyError" if result == "raise" else "returned a list"
+    assert sum(expected in r.getMessage() for r in caplog.records) == 1
+
+
 def test_a_failing_provider_is_logged_again_after_it_recovers(
     ctx: zmq.Context[Any], auth: zsec.Auth, caplog: pytest.LogCaptureFixture
 ) -> None:
