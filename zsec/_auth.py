@@ -114,6 +114,8 @@ class Auth:
         self._thread = threading.Thread(target=self._run, name="zsec-auth", daemon=True)
         self._thread.start()
         log.debug("authenticator started on %s", ZAP_ENDPOINT)
+        # From here on, a public name must already exist (see __setattr__).
+        self._sealed = True
 
     # -- the pump -------------------------------------------------------------
 
@@ -616,16 +618,21 @@ class Auth:
         return self
 
     def __setattr__(self, name: str, value: object) -> None:
-        # A misspelt or pyzmq-only setting (auth.curve_user_id = f on a class
-        # without it, say) must fail loudly, not be silently ignored. Private
-        # names are the implementation's; public ones must be properties.
-        if not name.startswith("_") and not isinstance(getattr(type(self), name, None), property):
-            declared = any(name in getattr(c, "__annotations__", {}) for c in type(self).__mro__)
-            if not declared:
-                raise AttributeError(
-                    f"zsec.Auth has no setting {name!r}; see help(zsec.Auth) for its methods "
-                    "and properties"
-                )
+        # A misspelt or pyzmq-only setting (auth.verbosity = True, say) must
+        # fail loudly, not be silently ignored. Private names are the
+        # implementation's; once constructed, a public name must be a
+        # property, an attribute set by __init__, or declared by a subclass.
+        if (
+            not name.startswith("_")
+            and self.__dict__.get("_sealed")
+            and name not in self.__dict__
+            and not isinstance(getattr(type(self), name, None), property)
+            and not any(name in getattr(c, "__annotations__", {}) for c in type(self).__mro__)
+        ):
+            raise AttributeError(
+                f"zsec.Auth has no setting {name!r}; see help(zsec.Auth) for its methods "
+                "and properties"
+            )
         object.__setattr__(self, name, value)
 
     def __exit__(self, *exc: object) -> None:
