@@ -88,9 +88,7 @@ class Authenticator:
             self.auth.configure_plain("global", _plain_dict())
         elif mechanism == "CURVE":
             self.auth.configure_curve("global", str(certs))
-        if library == "zsec":
-            self.thread_ident = self.auth._engine._thread.ident
-        elif runtime == "thread":
+        if library == "zsec" or runtime == "thread":
             self.thread_ident = self.auth.thread.ident
         else:
             assert self.loop is not None

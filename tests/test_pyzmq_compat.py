@@ -385,14 +385,15 @@ def test_configuration_is_kept_across_stop_and_start(
     assert _connect(ctx, server, right)[0].ok
 
 
-def test_the_thread_authenticator_shows_its_thread(ctx: zmq.Context[Any]) -> None:
-    auth = ThreadAuthenticator(ctx)
-    assert auth.context is ctx and auth.thread is None
-    auth.start()
-    try:
-        assert auth.thread is not None and auth.thread.is_alive()
-    finally:
-        auth.stop()
+def test_the_authenticator_shows_the_thread_that_answers(
+    ctx: zmq.Context[Any], harness: Harness
+) -> None:
+    auth = harness.auth
+    assert auth.context.underlying == ctx.underlying and auth.thread is None
+    harness.start()
+    assert auth.thread is not None and auth.thread.is_alive()
+    assert auth.thread.ident != threading.get_ident()
+    auth.stop()
     assert auth.thread is None
 
 

@@ -84,6 +84,12 @@ class Authenticator:
         engine = self._engine
         return engine is not None and engine.running
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """zsec's ZAP thread while started, else None (every runtime answers on it)."""
+        engine = self._engine
+        return None if engine is None else engine._thread
+
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)
         if engine is not None:

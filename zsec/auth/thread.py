@@ -7,7 +7,6 @@ that zsec starts when the first one is needed.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import zmq
@@ -22,12 +21,6 @@ class ThreadAuthenticator(Authenticator):
         self, context: zmq.Context[Any] | None = None, encoding: str = "utf-8", log: Any = None
     ) -> None:
         super().__init__(context=context, encoding=encoding, log=log)
-
-    @property
-    def thread(self) -> threading.Thread | None:
-        """The ZAP thread while started, else None."""
-        engine = self._engine
-        return None if engine is None else engine._thread
 
 
 __all__ = ["ThreadAuthenticator"]
