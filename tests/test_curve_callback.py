@@ -359,3 +359,45 @@ def test_bad_provider_settings_are_refused(
 ) -> None:
     with pytest.raises(error):
         auth.configure_curve_callback("global", **kwargs)
+
+
+# -- with the live-revocation guard -------------------------------------------------------
+
+
+def test_a_provider_grant_stands_until_the_domain_gets_another_provider() -> None:
+    from zsec._guard import judge
+
+    first = CurveCallback(_knows_good, is_async=False, timeout=1.0)
+    policy = Policy(curve={"global": first})
+    tag = policy.grant_tag(b"CURVE", b"global", GOOD.public_txt.encode())
+    assert tag is not None
+    grant = "1." + tag.decode()
+    assert judge(policy, b"global", grant, GOOD.public_txt, "192.0.2.1") == ""
+    second = CurveCallback(_knows_good, is_async=False, timeout=1.0)
+    replaced = policy.replace(curve={"global": second})
+    assert judge(replaced, b"global", grant, GOOD.public_txt, "192.0.2.1") == (
+        "CURVE configuration changed"
+    )
+
+
+def test_a_guarded_server_takes_provider_clients_and_cuts_them_when_it_is_replaced(
+    ctx: zmq.Context[Any], auth: zsec.Auth
+) -> None:
+    auth.configure_curve_callback("global", _knows_good)
+    cuts: list[zsec.Cut] = []
+    auth.subscribe_cuts(cuts.append)
+    server, endpoint = _server(ctx, "global")
+    guarded = auth.guard(server)
+    client = ctx.socket(zmq.PUSH)
+    client.linger = 0
+    try:
+        zsec.curve_client(client, GOOD, SERVER)
+        client.connect(endpoint)
+        client.send(b"hello")
+        assert guarded.recv() == b"hello"
+        auth.configure_curve_callback("global", lambda domain, key: False)
+        wait_for(lambda: cuts, what="the client to be cut")
+        assert [c.identity for c in cuts] == [GOOD.public_txt]
+    finally:
+        client.close(linger=0)
+        server.close(linger=0)

@@ -21,12 +21,13 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.backend import Socket as _RawSocket
 
 from ._errors import AuthError, ZsecTypeError, ZsecValueError
+from ._guard import Grants
 from ._passwords import PasswordFile, PasswordTable
 from ._store import CertStore
 from ._throttle import FailureLimiter
@@ -40,6 +41,9 @@ from ._zap import (
     error_reply,
     parse_address_rule,
 )
+
+if TYPE_CHECKING:
+    from ._guard import Cut, GuardedSocket
 
 log = logging.getLogger("zsec.auth")
 
@@ -78,7 +82,7 @@ class Auth:
         # shared, and the pump gets blocking sockets even under asyncio.
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(base.underlying)
         self._lock = threading.Lock()
-        self._policy = Policy(verbose=verbose)
+        self._policy = Policy(verbose=verbose, grants=Grants())
         self._owned: dict[str, CertStore] = {}
         self._stopped = False
         self._done = threading.Event()
@@ -333,6 +337,20 @@ class Auth:
 
     # -- configuration --------------------------------------------------------
 
+    # Told of every new policy (the live-revocation guard), whichever method made it.
+    _policy_listeners: tuple[Callable[[Policy], None], ...] = ()
+    _warden: Any = None
+
+    @property
+    def _policy(self) -> Policy:
+        return self.__policy
+
+    @_policy.setter
+    def _policy(self, policy: Policy) -> None:
+        self.__policy = policy
+        for listener in self._policy_listeners:
+            listener(policy)
+
     @property
     def policy(self) -> Policy:
         """The policy in force now (immutable)."""
@@ -536,6 +554,8 @@ class Auth:
         (keep it fast) and must return 1-255 bytes (or str) without NUL;
         a failure or a bad value refuses the client with a 500. It applies
         to every CURVE source: directories, stores, ALLOW_ANY and providers.
+        The live-revocation guard knows store clients by their key: with a
+        hook, guarded sockets refuse clients admitted from a store.
         """
         return self._policy.curve_user_id
 
@@ -546,6 +566,27 @@ class Auth:
                 f"curve_user_id must be callable or None, not {type(hook).__name__}"
             )
         self._update(curve_user_id=hook)
+
+    # -- live revocation ----------------------------------------------------------
+
+    def guard(self, socket: Any, *, on_cut: Callable[[Cut], None] | None = None) -> GuardedSocket:
+        """Guard a server socket: deliver only messages from peers still trusted, cut the others.
+
+        Returns a ``GuardedSocket`` to receive from in place of ``socket`` (a
+        zsec-configured server of this authenticator's context; awaitables
+        for a ``zmq.asyncio`` socket). When a trust change revokes a peer,
+        its connections on every guarded socket are closed within
+        milliseconds; ``on_cut(Cut)`` hears of each one. Linux/POSIX, TCP.
+        """
+        from ._guard import warden_of
+
+        return warden_of(self).guard(socket, on_cut)
+
+    def subscribe_cuts(self, listener: Callable[[Cut], None]) -> Callable[[], None]:
+        """Call ``listener(Cut)`` for every connection any guard cuts; returns the unsubscriber."""
+        from ._guard import warden_of
+
+        return warden_of(self).subscribe(listener)
 
     # -- lifecycle --------------------------------------------------------------
 

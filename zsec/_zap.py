@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import ipaddress
+import itertools
 import logging
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
-from ._errors import AddressError, SocketConfigError, ZapError, ZsecTypeError, ZsecValueError
+from ._errors import (
+    AddressError,
+    SocketConfigError,
+    ZapError,
+    ZsecError,
+    ZsecTypeError,
+    ZsecValueError,
+)
 from ._keys import KEY_BYTES, z85_encode
 
 if TYPE_CHECKING:
+    from ._guard import Grants
     from ._passwords import PasswordFile
     from ._store import CertStore
     from ._throttle import FailureLimiter
@@ -72,7 +82,8 @@ class CurveCallback:
     (None: the authenticator's own); ``timeout`` bounds one decision.
     """
 
-    __slots__ = ("__weakref__", "is_async", "loop", "max_outstanding", "provider", "timeout")
+    __slots__ = ("is_async", "loop", "max_outstanding", "provider", "serial", "timeout")
+    _serials = itertools.count(1)
 
     def __init__(
         self,
@@ -88,6 +99,7 @@ class CurveCallback:
         self.timeout = timeout
         self.loop = loop
         self.max_outstanding = max_outstanding
+        self.serial = next(self._serials)
 
     def __repr__(self) -> str:
         name = getattr(self.provider, "__qualname__", type(self.provider).__qualname__)
@@ -402,6 +414,7 @@ class Policy:
         "curve",
         "curve_user_id",
         "deny",
+        "grants",
         "limiter",
         "plain",
         "verbose",
@@ -417,6 +430,7 @@ class Policy:
         verbose: bool = False,
         limiter: FailureLimiter | None = None,
         curve_user_id: Callable[[bytes], str | bytes] | None = None,
+        grants: Grants | None = None,
     ) -> None:
         put = object.__setattr__
         put(self, "allow", tuple(parse_address_rule(r) for r in allow))
@@ -426,6 +440,7 @@ class Policy:
         put(self, "verbose", bool(verbose))
         put(self, "limiter", limiter)
         put(self, "curve_user_id", curve_user_id)
+        put(self, "grants", grants)
         # Byte-keyed views for the request path, and caches of derived answers
         # (valid for this policy only, since a new policy starts empty).
         put(self, "_plain", {k.encode(): v for k, v in self.plain.items()})
@@ -443,6 +458,7 @@ class Policy:
             "verbose": self.verbose,
             "limiter": self.limiter,
             "curve_user_id": self.curve_user_id,
+            "grants": self.grants,
         }
         fields.update(changes)
         return Policy(**fields)
@@ -454,6 +470,7 @@ class Policy:
     verbose: bool
     limiter: FailureLimiter | None
     curve_user_id: Callable[[bytes], str | bytes] | None
+    grants: Grants | None
     _plain: dict[bytes, PasswordFile]
     _curve: dict[bytes, CurveSource]
     _address_cache: dict[bytes, bytes]
@@ -568,6 +585,45 @@ class Policy:
             return default if default is not None else z85_encode(key).encode("ascii")
         return check_user_id(hook(key))
 
+    def grant_tag(self, mechanism: bytes, domain: bytes, user_id: bytes) -> bytes | None:
+        """What admits ``user_id`` in ``domain`` under this policy now, or None if nothing does.
+
+        The live-revocation guard compares it with the tag recorded when a
+        connection was admitted: any difference means the credentials that
+        admitted it have changed. Addresses are judged separately.
+        """
+        if mechanism == b"NULL":
+            return b"n"
+        if mechanism == b"PLAIN":
+            passwords = self._plain.get(domain)
+            if passwords is None:
+                passwords = self._plain.get(b"*")
+            if passwords is None:
+                return None
+            entry = passwords.entry_tag(user_id)
+            return None if entry is None else b"p" + entry.hex().encode()
+        if mechanism == b"CURVE":
+            source = self._curve.get(domain)
+            if source is None:
+                source = self._curve.get(b"*")
+            if source is None:
+                return None
+            if source is CURVE_ALLOW_ANY:
+                return b"a"
+            if type(source) is CurveCallback:
+                # A provider is not asked again for a live connection: it
+                # stands while the same provider decides the domain.
+                return b"k%x" % source.serial
+            try:
+                cert = source.lookup(user_id.decode("ascii"))  # type: ignore[union-attr]
+            except (ZsecError, UnicodeDecodeError):
+                return None
+            if cert is None:
+                return None
+            meta = hashlib.blake2b(cert_properties(cert._meta), digest_size=8).hexdigest()
+            return b"c" + meta.encode()
+        return None
+
     def _remember_curve(self, key: bytes, entry: tuple[object, bytes, bytes]) -> None:
         if len(self._curve_cache) >= _CACHE_LIMIT:
             self._curve_cache.clear()
@@ -608,6 +664,15 @@ class Policy:
                 _show(request.address),
             )
             reply = ZapReply(request.request_id, b"500", b"internal error")
+        if reply.status_code == b"200" and self.grants is not None:
+            try:
+                reply = self.grants.stamp(self, request, reply)
+            except Exception as exc:  # noqa: BLE001 - unstamped, the guard refuses it: fails closed
+                with contextlib.suppress(Exception):
+                    log.error(
+                        "could not record the grant for the live-revocation guard (%s)",
+                        type(exc).__name__,
+                    )
         try:
             if self.limiter is not None and reply.status_text in CLIENT_FAULTS:
                 self.limiter.failed(limit_key(request.address))
