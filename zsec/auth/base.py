@@ -61,7 +61,9 @@ class Authenticator:
         """Bind the ZAP endpoint and start answering with the configuration so far."""
         with self._lock:
             if self._engine is not None:
-                return
+                if self._engine.running:
+                    return
+                self._engine.stop()  # ended under us (its context was terminated)
             engine = Auth(self.context, verbose=self._verbose)
             try:
                 self._engine = engine
