@@ -409,6 +409,7 @@ class Policy:
         "_address_cache",
         "_curve",
         "_curve_cache",
+        "_grant_cache",
         "_plain",
         "allow",
         "curve",
@@ -447,6 +448,7 @@ class Policy:
         put(self, "_curve", {k.encode(): v for k, v in self.curve.items()})
         put(self, "_address_cache", {})
         put(self, "_curve_cache", {})
+        put(self, "_grant_cache", {})
 
     def replace(self, **changes: Any) -> Policy:
         """Return a copy with some of allow, deny, plain, curve, verbose changed."""
@@ -475,6 +477,7 @@ class Policy:
     _curve: dict[bytes, CurveSource]
     _address_cache: dict[bytes, bytes]
     _curve_cache: dict[bytes, tuple[object, bytes, bytes]]
+    _grant_cache: dict[tuple[bytes, bytes], tuple[bytes, object, bytes]]
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Policy is immutable; use replace()")
@@ -614,6 +617,12 @@ class Policy:
                 # A provider is not asked again for a live connection: it
                 # stands while the same provider decides the domain.
                 return b"k%x" % source.serial
+            # Decoding the Z85 User-Id and hashing the metadata cost ~10x the
+            # whole decision; remember the tag per certificate object, checked
+            # with a raw-key lookup (a store hands out a new object on change).
+            cached = self._grant_cache.get((domain, user_id))
+            if cached is not None and source.lookup(cached[0]) is cached[1]:  # type: ignore[union-attr]
+                return cached[2]
             try:
                 cert = source.lookup(user_id.decode("ascii"))  # type: ignore[union-attr]
             except (ZsecError, UnicodeDecodeError):
@@ -621,7 +630,11 @@ class Policy:
             if cert is None:
                 return None
             meta = hashlib.blake2b(cert_properties(cert._meta), digest_size=8).hexdigest()
-            return b"c" + meta.encode()
+            tag = b"c" + meta.encode()
+            if len(self._grant_cache) >= _CACHE_LIMIT:
+                self._grant_cache.clear()
+            self._grant_cache[(domain, user_id)] = (cert.public_key, cert, tag)
+            return tag
         return None
 
     def _remember_curve(self, key: bytes, entry: tuple[object, bytes, bytes]) -> None:
