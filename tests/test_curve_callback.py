@@ -85,7 +85,7 @@ def test_a_verdict_from_a_replaced_provider_is_asked_of_the_new_one() -> None:
     assert isinstance(again, Pending) and again.callback is new
 
 
-def test_address_rules_and_bans_still_come_before_the_provider() -> None:
+def test_the_address_lists_still_come_before_the_provider() -> None:
     callback = CurveCallback(_knows_good, is_async=False, timeout=1.0)
     policy = Policy(deny=["127.0.0.1"], curve={"*": callback})
     reply = decide(policy, req(b"CURVE", GOOD.public_key))
@@ -153,6 +153,15 @@ def test_a_coroutine_provider_without_a_loop_runs_on_the_authenticators_own(
     assert names == ["zsec-auth-loop"]
     auth.stop()
     assert "zsec-auth-loop" not in [t.name for t in threading.enumerate()]
+
+
+def test_a_plain_function_may_return_an_awaitable(ctx: zmq.Context[Any], auth: zsec.Auth) -> None:
+    auth.configure_curve_callback(
+        "global", lambda domain, key: asyncio.sleep(0, result=key == GOOD.public_key)
+    )
+    server = _server(ctx, "global")
+    assert _connect(ctx, server, GOOD)[0].ok
+    assert _connect(ctx, server, BAD)[0].zap_status == 400
 
 
 @pytest.mark.parametrize(
