@@ -27,7 +27,7 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
-from ._keys import KEY_BYTES, z85_encode
+from ._keys import KEY_BYTES, coerce_key, z85_encode
 
 if TYPE_CHECKING:
     from ._guard import Grants
@@ -409,8 +409,8 @@ class Policy:
         "_address_cache",
         "_curve",
         "_curve_cache",
-        "_grant_cache",
         "_plain",
+        "_tag_cache",
         "allow",
         "curve",
         "curve_user_id",
@@ -448,7 +448,7 @@ class Policy:
         put(self, "_curve", {k.encode(): v for k, v in self.curve.items()})
         put(self, "_address_cache", {})
         put(self, "_curve_cache", {})
-        put(self, "_grant_cache", {})
+        put(self, "_tag_cache", {})
 
     def replace(self, **changes: Any) -> Policy:
         """Return a copy with some of allow, deny, plain, curve, verbose changed."""
@@ -477,7 +477,7 @@ class Policy:
     _curve: dict[bytes, CurveSource]
     _address_cache: dict[bytes, bytes]
     _curve_cache: dict[bytes, tuple[object, bytes, bytes]]
-    _grant_cache: dict[tuple[bytes, bytes], tuple[bytes, object, bytes]]
+    _tag_cache: dict[bytes, tuple[object, bytes]]
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Policy is immutable; use replace()")
@@ -538,6 +538,9 @@ class Policy:
             if passwords is None:
                 return ZapReply(request.request_id, b"400", b"no PLAIN passwords for this domain")
             username, password = request.credentials
+            if self.grants is not None:
+                # The grant must name the entry this check used (see Grants.stamp).
+                self.grants.checking = (passwords, passwords.version)
             reason = passwords.check(username, password)
             if reason:
                 return ZapReply(request.request_id, b"400", reason)
@@ -588,12 +591,16 @@ class Policy:
             return default if default is not None else z85_encode(key).encode("ascii")
         return check_user_id(hook(key))
 
-    def grant_tag(self, mechanism: bytes, domain: bytes, user_id: bytes) -> bytes | None:
+    def grant_tag(
+        self, mechanism: bytes, domain: bytes, user_id: bytes, key: bytes = b""
+    ) -> bytes | None:
         """What admits ``user_id`` in ``domain`` under this policy now, or None if nothing does.
 
         The live-revocation guard compares it with the tag recorded when a
         connection was admitted: any difference means the credentials that
-        admitted it have changed. Addresses are judged separately.
+        admitted it have changed. Addresses are judged separately. For
+        CURVE, ``key`` (the raw client key, when known) spares decoding
+        ``user_id``.
         """
         if mechanism == b"NULL":
             return b"n"
@@ -603,8 +610,18 @@ class Policy:
                 passwords = self._plain.get(b"*")
             if passwords is None:
                 return None
+            version = passwords.version
+            cached = self._tag_cache.get(user_id)
+            if cached is not None and cached[0] == (passwords, version):
+                return cached[1]
             entry = passwords.entry_tag(user_id)
-            return None if entry is None else b"p" + entry.hex().encode()
+            if entry is None:
+                return None
+            tag = b"p" + entry.hex().encode()
+            if len(self._tag_cache) >= _CACHE_LIMIT:
+                self._tag_cache.clear()
+            self._tag_cache[user_id] = ((passwords, version), tag)
+            return tag
         if mechanism == b"CURVE":
             source = self._curve.get(domain)
             if source is None:
@@ -617,23 +634,22 @@ class Policy:
                 # A provider is not asked again for a live connection: it
                 # stands while the same provider decides the domain.
                 return b"k%x" % source.serial
-            # Decoding the Z85 User-Id and hashing the metadata cost ~10x the
-            # whole decision; remember the tag per certificate object, checked
-            # with a raw-key lookup (a store hands out a new object on change).
-            cached = self._grant_cache.get((domain, user_id))
-            if cached is not None and source.lookup(cached[0]) is cached[1]:  # type: ignore[union-attr]
-                return cached[2]
-            try:
-                cert = source.lookup(user_id.decode("ascii"))  # type: ignore[union-attr]
-            except (ZsecError, UnicodeDecodeError):
-                return None
+            if len(key) != KEY_BYTES:
+                try:
+                    key = coerce_key(user_id.decode("ascii"))
+                except (ZsecError, UnicodeDecodeError):
+                    return None
+            cert = source.lookup(key)  # type: ignore[union-attr]
             if cert is None:
                 return None
-            meta = hashlib.blake2b(cert_properties(cert._meta), digest_size=8).hexdigest()
+            cached = self._tag_cache.get(key)
+            if cached is not None and cached[0] is cert:
+                return cached[1]
+            meta = hashlib.blake2b(cert_properties(cert.metadata), digest_size=8).hexdigest()
             tag = b"c" + meta.encode()
-            if len(self._grant_cache) >= _CACHE_LIMIT:
-                self._grant_cache.clear()
-            self._grant_cache[(domain, user_id)] = (cert.public_key, cert, tag)
+            if len(self._tag_cache) >= _CACHE_LIMIT:
+                self._tag_cache.clear()
+            self._tag_cache[key] = (cert, tag)
             return tag
         return None
 
