@@ -78,7 +78,7 @@ _RECEIVERS = {
     zmq.XPUB: "XPUB",
     zmq.REP: "REP",
 }
-_MECHANISMS = {b"n": "NULL", b"p": "PLAIN", b"a": "CURVE", b"c": "CURVE"}
+_MECHANISMS = {b"n": "NULL", b"p": "PLAIN", b"a": "CURVE", b"c": "CURVE", b"k": "CURVE"}
 
 Endpoints = tuple[bytes, bytes]  # raw (local, peer) socket addresses of a connection
 
