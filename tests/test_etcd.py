@@ -228,3 +228,188 @@ def test_entries_that_are_not_certificates_are_skipped_and_logged(
         assert "skipped etcd entry 'junk'" in caplog.text
     finally:
         source.close()
+
+
+@pytest.fixture(scope="module")
+def etcd_with_auth() -> Iterator[Any]:
+    """An etcd with RBAC on: root, a read-only server user, an operator, a user with no role."""
+    from .etcd_server import EtcdServer
+
+    server = EtcdServer().start()
+    try:
+        ctl = server.etcdctl
+        ctl("user", "add", "root:root-pw", "--interactive=false")
+        ctl("user", "grant-role", "root", "root")
+        ctl("role", "add", "zsec-reader")
+        ctl("role", "grant-permission", "zsec-reader", "--prefix=true", "read", "/zsec/")
+        ctl("role", "add", "zsec-writer")
+        ctl("role", "grant-permission", "zsec-writer", "--prefix=true", "readwrite", "/zsec/")
+        for user, role in (("server1", "zsec-reader"), ("operator", "zsec-writer")):
+            ctl("user", "add", f"{user}:{user}-pw", "--interactive=false")
+            ctl("user", "grant-role", user, role)
+        ctl("user", "add", "nobody:nobody-pw", "--interactive=false")
+        ctl("auth", "enable")
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_read_only_user_follows_but_cannot_write(etcd_with_auth: Any) -> None:
+    from zsec._errors import EtcdPermissionError
+
+    server = etcd_with_auth.endpoint
+    cert = zsec.Cert()
+    with EtcdSettings((server,), user="operator", password="operator-pw").connect() as conn:
+        conn.txn({f"/zsec/certs/{cert.public_txt}".encode(): cert_text(cert)})
+    source, feed = follow(server, "/zsec/certs/", user="server1", password="server1-pw")
+    try:
+        assert source.wait_ready(10)
+        assert keys_of(feed) == {cert.public_txt}
+    finally:
+        source.close()
+    reader = EtcdSettings((server,), user="server1", password="server1-pw")
+    with reader.connect() as conn, pytest.raises(EtcdPermissionError) as info:
+        conn.txn({b"/zsec/certs/x": b"y"})
+    assert "refused user 'server1'" in str(info.value) and "permission denied" in str(info.value)
+
+
+def test_a_user_without_read_permission_gets_a_clear_error_and_trusts_nobody(
+    etcd_with_auth: Any,
+) -> None:
+    server = etcd_with_auth.endpoint
+    source, feed = follow(server, "/zsec/certs/", user="nobody", password="nobody-pw")
+    try:
+        wait_for(lambda: source._follower.failures >= 1, what="a refused first load")
+        assert not source.ready and not feed.ready
+        assert "refused user 'nobody'" in source.reason
+        assert "permission denied" in source.reason
+    finally:
+        source.close()
+
+
+def test_a_wrong_password_is_a_permission_error_that_does_not_echo_it(
+    etcd_with_auth: Any,
+) -> None:
+    from zsec._errors import EtcdPermissionError
+
+    settings = EtcdSettings((etcd_with_auth.endpoint,), user="server1", password="wrong-pw-42")
+    with pytest.raises(EtcdPermissionError) as info:
+        settings.connect()
+    assert "wrong-pw-42" not in str(info.value)
+    assert "wrong-pw-42" not in repr(settings)
+
+
+def test_a_password_is_never_sent_in_the_clear_beyond_loopback() -> None:
+    with pytest.raises(zsec.ZsecValueError, match="without TLS"):
+        EtcdSettings(("10.1.2.3:2379",), user="u", password="p")
+    EtcdSettings(("https://10.1.2.3:2379",), user="u", password="p")  # TLS: accepted
+
+
+# -- zsec trust ------------------------------------------------------------------
+
+
+def trust(server: Any, *args: str, stdin: str = "") -> tuple[int, str, str]:
+    import io
+
+    from zsec.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["trust", *args[:1], "--endpoints", server.endpoint, *args[1:]],
+        stdin=io.StringIO(stdin),
+        stdout=out,
+        stderr=err,
+    )
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_trust_add_list_and_remove_round_trip(etcd: Any, prefix: str, tmp_path: Any) -> None:
+    alice = zsec.Cert()
+    alice.set_meta("name", "Alice")
+    alice.save(tmp_path / "alice.cert")
+    code, out, _ = trust(etcd, "add", "--prefix", prefix, str(tmp_path / "alice.cert"))
+    assert code == 0 and f"Trusted {alice.public_txt}" in out
+    assert alice.secret_txt not in out  # type: ignore[operator]
+    with conn_for(etcd) as conn:
+        _, values = conn.get_prefix(prefix.encode())
+    value = values[f"{prefix}{alice.public_txt}".encode()]
+    assert b"secret-key" not in value and b"Alice" in value
+    code, out, _ = trust(etcd, "list", "--prefix", prefix)
+    assert code == 0 and f"{alice.public_txt}  name=Alice" in out and "1 trusted" in out
+    code, out, _ = trust(etcd, "remove", "--prefix", prefix, alice.public_txt)
+    assert code == 0 and f"Revoked {alice.public_txt}" in out
+    code, out, _ = trust(etcd, "remove", "--prefix", prefix, str(tmp_path / "alice.cert"))
+    assert code == 1 and "Not in etcd" in out
+    code, out, _ = trust(etcd, "list", "--prefix", prefix)
+    assert "0 trusted" in out
+
+
+def test_trust_import_writes_a_directory_in_one_transaction(
+    etcd: Any, prefix: str, tmp_path: Any
+) -> None:
+    certs = [zsec.Cert() for _ in range(5)]
+    for i, cert in enumerate(certs):
+        cert.save(tmp_path / f"c{i}.key")  # the _secret files are skipped
+    (tmp_path / "junk.key").write_text("not a certificate")
+    stale = zsec.Cert()
+    put_certs(etcd, prefix, stale)
+    code, out, _ = trust(etcd, "import", "--prefix", prefix, "--replace", str(tmp_path))
+    assert code == 0, out
+    assert "Imported 5 certificate(s)" in out and "removed 1" in out
+    assert "Skipped" in out and "junk.key" in out
+    with conn_for(etcd) as conn:
+        reply = conn._call(
+            conn._kv.Range,
+            conn._rpc.RangeRequest(key=prefix.encode(), range_end=prefix.encode()[:-1] + b"0"),
+        )
+    assert {kv.key.decode()[len(prefix) :] for kv in reply.kvs} == {c.public_txt for c in certs}
+    assert len({kv.mod_revision for kv in reply.kvs}) == 1  # one revision: one transaction
+
+
+def test_trust_import_over_the_transaction_limit_writes_nothing_unless_batched(
+    etcd: Any, prefix: str, tmp_path: Any
+) -> None:
+    for i in range(5):
+        zsec.Cert().save_public(tmp_path / f"c{i}.key")
+    code, _, err = trust(etcd, "import", "--prefix", prefix, "--max-txn-ops", "3", str(tmp_path))
+    assert code == 1 and "more than etcd allows in one transaction (3)" in err
+    with conn_for(etcd) as conn:
+        assert conn.get_prefix(prefix.encode())[1] == {}
+    code, out, _ = trust(
+        etcd, "import", "--prefix", prefix, "--max-txn-ops", "3", "--batches", str(tmp_path)
+    )
+    assert code == 0 and "Imported 5" in out
+    with conn_for(etcd) as conn:
+        assert len(conn.get_prefix(prefix.encode())[1]) == 5
+
+
+def test_trust_logs_in_with_a_password_from_stdin_and_reports_refusals(
+    etcd_with_auth: Any, tmp_path: Any
+) -> None:
+    cert = zsec.Cert()
+    cert.save_public(tmp_path / "c.key")
+    args = ("add", "--user", "operator", "--password-stdin", str(tmp_path / "c.key"))
+    code, out, err = trust(etcd_with_auth, *args, stdin="operator-pw\n")
+    assert code == 0, err
+    args = ("remove", "--user", "server1", "--password-stdin", cert.public_txt)
+    code, out, err = trust(etcd_with_auth, *args, stdin="server1-pw\n")
+    assert code == 1 and "refused user 'server1'" in err and "permission denied" in err
+    assert "server1-pw" not in err + out
+
+
+def test_trust_names_what_it_expected_for_a_bad_key(etcd: Any) -> None:
+    code, _, err = trust(etcd, "remove", "not-a-key")
+    assert code == 1 and "neither a certificate file nor a public key" in err
+
+
+def test_trust_reports_an_unreachable_etcd_in_one_line() -> None:
+    import io
+
+    from zsec.cli import main
+
+    from .etcd_server import free_port
+
+    err = io.StringIO()
+    argv = ["trust", "list", "--endpoints", f"127.0.0.1:{free_port()}", "--timeout", "1"]
+    code = main(argv, stdout=io.StringIO(), stderr=err)
+    assert code == 1 and "unavailable" in err.getvalue() and err.getvalue().count("\n") == 1
