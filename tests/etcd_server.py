@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 
 def etcd_binary(name: str = "etcd") -> str:
@@ -51,7 +52,11 @@ def free_port() -> int:
 class EtcdServer:
     """One single-node etcd in a temp dir; ``start``, ``kill`` (SIGKILL), ``restart``, ``stop``."""
 
-    def __init__(self, data_dir: str | None = None, *extra_args: str) -> None:
+    def __init__(
+        self, data_dir: str | None = None, *extra_args: str, tls: dict[str, str] | None = None
+    ) -> None:
+        """``tls``: paths from ``make_tls`` (with a ``root`` client): TLS with client auth."""
+        self.tls = tls
         self._own_dir = data_dir is None
         self.dir = data_dir or tempfile.mkdtemp(prefix="zsec-etcd-")
         self.client_port = free_port()
@@ -64,7 +69,16 @@ class EtcdServer:
         return f"127.0.0.1:{self.client_port}"
 
     def start(self, timeout: float = 30.0) -> EtcdServer:
-        client = f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        client = f"{scheme}://127.0.0.1:{self.client_port}"
+        tls_args = []
+        if self.tls:
+            tls_args = [
+                f"--cert-file={self.tls['server']}",
+                f"--key-file={self.tls['server-key']}",
+                f"--trusted-ca-file={self.tls['ca']}",
+                "--client-cert-auth",
+            ]
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
             etcd_binary(),
@@ -83,6 +97,7 @@ class EtcdServer:
             # loses nothing the kernel already has).
             "--unsafe-no-fsync",
             "--log-level=error",
+            *tls_args,
             *self.extra_args,
         ]
         log = open(os.path.join(self.dir, "etcd.log"), "ab")  # noqa: SIM115 - owned by Popen
@@ -99,9 +114,16 @@ class EtcdServer:
         return self
 
     def healthy(self) -> bool:
-        url = f"http://127.0.0.1:{self.client_port}/health"
+        context = None
+        if self.tls:
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.tls["ca"])
+            context.load_cert_chain(self.tls["root"], self.tls["root-key"])
+        scheme = "https" if self.tls else "http"
+        url = f"{scheme}://127.0.0.1:{self.client_port}/health"
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:  # noqa: S310
                 return bool(json.loads(resp.read()).get("health") == "true")
         except (OSError, ValueError):
             return False
@@ -138,6 +160,12 @@ class EtcdServer:
     def etcdctl(self, *args: str, user: str | None = None, stdin: str | None = None) -> str:
         """Run etcdctl against this server; returns stdout, raises on failure."""
         cmd = [etcd_binary("etcdctl"), f"--endpoints={self.endpoint}"]
+        if self.tls:
+            cmd += [
+                f"--cacert={self.tls['ca']}",
+                f"--cert={self.tls['root']}",
+                f"--key={self.tls['root-key']}",
+            ]
         if user is not None:
             cmd.append(f"--user={user}")
         result = subprocess.run(
@@ -152,3 +180,133 @@ class EtcdServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def fleet_member(etcd_endpoint: str, prefix: str) -> None:
+    """Run one server of a fleet: CURVE on loopback, trusting what etcd holds under ``prefix``.
+
+    The server's keys come from ``$ZSEC_FLEET_SERVER_KEYS`` ("public secret"). Prints
+    ``READY <zmq endpoint>`` once its store is loaded, then one line
+    ``REMOVED <Z85 key> <CLOCK_MONOTONIC ns>`` for each key that stops being
+    trusted (the clock is system-wide, so a parent can time the revocation),
+    and exits when its stdin closes. Started by tests and benchmarks with
+    ``python -m tests.etcd_server member ENDPOINT PREFIX``.
+    """
+    import sys
+    import threading
+
+    import zmq
+
+    import zsec
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    auth = zsec.Auth(ctx)
+    store = zsec.CertStore(zsec.EtcdSource(etcd_endpoint, prefix=prefix))
+    lock = threading.Lock()
+
+    def removed(change: Any) -> None:
+        stamp = time.monotonic_ns()
+        with lock:
+            for cert in change.removed:
+                sys.stdout.write(f"REMOVED {cert.public_txt} {stamp}\n")
+            sys.stdout.flush()
+
+    store.subscribe(removed)
+    auth.configure_curve("*", store)
+    if not store.wait_ready(30):
+        raise SystemExit(f"store not ready: {store}")
+    server = ctx.socket(zmq.PULL)
+    server.linger = 0
+    keys = os.environ["ZSEC_FLEET_SERVER_KEYS"].split(" ")  # "public secret", Z85
+    zsec.curve_server(server, zsec.Cert.from_keys(keys[0], keys[1]))
+    server.bind("tcp://127.0.0.1:*")
+    with lock:
+        sys.stdout.write(f"READY {server.getsockopt_string(zmq.LAST_ENDPOINT)}\n")
+        sys.stdout.flush()
+    sys.stdin.read()  # until the parent closes our stdin
+    server.close(linger=0)
+    auth.stop()
+    store.close()
+    ctx.destroy(linger=0)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["member"] and len(sys.argv) == 4:
+        fleet_member(sys.argv[2], sys.argv[3])
+    else:
+        raise SystemExit("usage: python -m tests.etcd_server member ETCD_ENDPOINT PREFIX")
+
+
+def make_tls(directory: str, *client_names: str) -> dict[str, str]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and client certificates (by CN).
+
+    Uses the ``openssl`` command. Returns paths: ``ca``, ``server``,
+    ``server-key``, and ``<name>`` / ``<name>-key`` per client.
+    """
+    import subprocess as sp
+
+    def run(*args: str) -> None:
+        sp.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    d = Path(directory)
+    paths = {"ca": str(d / "ca.pem"), "ca-key": str(d / "ca-key.pem")}
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        paths["ca-key"],
+        "-out",
+        paths["ca"],
+        "-days",
+        "2",
+        "-subj",
+        "/CN=zsec test CA",
+    )
+    for name in ("server", *client_names):
+        key, csr, pem = d / f"{name}-key.pem", d / f"{name}.csr", d / f"{name}.pem"
+        ext = d / f"{name}.ext"
+        ext.write_text(
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+            if name == "server"
+            else "extendedKeyUsage=clientAuth\n"
+        )
+        run(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            f"/CN={name}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            paths["ca"],
+            "-CAkey",
+            paths["ca-key"],
+            "-CAcreateserial",
+            "-out",
+            str(pem),
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+        )
+        paths[name], paths[f"{name}-key"] = str(pem), str(key)
+    return paths

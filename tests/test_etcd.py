@@ -413,3 +413,46 @@ def test_trust_reports_an_unreachable_etcd_in_one_line() -> None:
     argv = ["trust", "list", "--endpoints", f"127.0.0.1:{free_port()}", "--timeout", "1"]
     code = main(argv, stdout=io.StringIO(), stderr=err)
     assert code == 1 and "unavailable" in err.getvalue() and err.getvalue().count("\n") == 1
+
+
+def test_over_tls_a_client_certificate_is_the_etcd_identity(tmp_path: Any) -> None:
+    from zsec._errors import EtcdError
+
+    from .etcd_server import EtcdServer, make_tls
+
+    tls = make_tls(str(tmp_path), "root", "server1", "operator")
+    with EtcdServer(tls=tls) as server:
+        ctl = server.etcdctl
+        ctl("user", "add", "root", "--no-password")
+        ctl("user", "grant-role", "root", "root")
+        ctl("role", "add", "zsec-reader")
+        ctl("role", "grant-permission", "zsec-reader", "--prefix=true", "read", "/zsec/")
+        ctl("role", "add", "zsec-writer")
+        ctl("role", "grant-permission", "zsec-writer", "--prefix=true", "readwrite", "/zsec/")
+        for user, role in (("server1", "zsec-reader"), ("operator", "zsec-writer")):
+            ctl("user", "add", user, "--no-password")
+            ctl("user", "grant-role", user, role)
+        ctl("auth", "enable")
+        endpoint = f"https://{server.endpoint}"
+        cert = zsec.Cert()
+        operator = EtcdSettings(
+            (endpoint,), ca_cert=tls["ca"], cert=tls["operator"], key=tls["operator-key"]
+        )
+        with operator.connect() as conn:
+            conn.txn({f"/zsec/certs/{cert.public_txt}".encode(): cert_text(cert)})
+        source, feed = follow(
+            endpoint, "/zsec/certs/", ca_cert=tls["ca"], cert=tls["server1"], key=tls["server1-key"]
+        )
+        try:
+            assert source.wait_ready(10)
+            assert keys_of(feed) == {cert.public_txt}
+        finally:
+            source.close()
+        reader = EtcdSettings(
+            (endpoint,), ca_cert=tls["ca"], cert=tls["server1"], key=tls["server1-key"]
+        )
+        with reader.connect() as conn, pytest.raises(zsec.ZsecError, match="permission denied"):
+            conn.txn({b"/zsec/certs/x": b"y"})
+        anonymous = EtcdSettings((endpoint,), ca_cert=tls["ca"], timeout=2)  # no client cert
+        with anonymous.connect() as conn, pytest.raises(EtcdError):
+            conn.get_prefix(b"/zsec/certs/")
