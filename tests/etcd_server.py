@@ -53,10 +53,18 @@ class EtcdServer:
     """One single-node etcd in a temp dir; ``start``, ``kill`` (SIGKILL), ``restart``, ``stop``."""
 
     def __init__(
-        self, data_dir: str | None = None, *extra_args: str, tls: dict[str, str] | None = None
+        self,
+        data_dir: str | None = None,
+        *extra_args: str,
+        tls: dict[str, str] | None = None,
+        fsync: bool = False,
     ) -> None:
-        """``tls``: paths from ``make_tls`` (with a ``root`` client): TLS with client auth."""
+        """``tls``: paths from ``make_tls`` (with a ``root`` client): TLS with client auth.
+
+        ``fsync=False`` (tests) skips etcd's disk syncs; benchmarks keep them.
+        """
         self.tls = tls
+        self.fsync = fsync
         self._own_dir = data_dir is None
         self.dir = data_dir or tempfile.mkdtemp(prefix="zsec-etcd-")
         self.client_port = free_port()
@@ -95,7 +103,7 @@ class EtcdServer:
             "--election-timeout=200",
             # Throwaway data on a busy machine: skip fsync (a killed process
             # loses nothing the kernel already has).
-            "--unsafe-no-fsync",
+            *([] if self.fsync else ["--unsafe-no-fsync"]),
             "--log-level=error",
             *tls_args,
             *self.extra_args,

@@ -299,6 +299,12 @@ class EtcdConnection:
         self, puts: Mapping[bytes, bytes] = {}, deletes: Iterable[bytes] = (), lease: int = 0
     ) -> int:
         """Apply puts and deletes in one transaction (one revision); returns that revision."""
+        return self.txn_deleted(puts, deletes, lease)[0]
+
+    def txn_deleted(
+        self, puts: Mapping[bytes, bytes] = {}, deletes: Iterable[bytes] = (), lease: int = 0
+    ) -> tuple[int, list[int]]:
+        """``txn``, also returning how many keys each delete removed (0 or 1 for a key)."""
         rpc = self._rpc
         ops = [
             rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v, lease=lease))
@@ -306,9 +312,14 @@ class EtcdConnection:
         ]
         ops += [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)) for k in deletes]
         if not ops:
-            return self.revision()
+            return self.revision(), []
         reply = self._call(self._kv.Txn, rpc.TxnRequest(success=ops))
-        return int(reply.header.revision)
+        deleted = [
+            int(r.response_delete_range.deleted)
+            for r in reply.responses
+            if r.HasField("response_delete_range")
+        ]
+        return int(reply.header.revision), deleted
 
     def delete(self, key: bytes) -> int:
         """Delete one key; returns how many keys were deleted (0 or 1)."""

@@ -97,17 +97,11 @@ def _key_of(item: str) -> str:
 def _cmd_remove(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     keys = list(dict.fromkeys(_key_of(item) for item in args.keys))
     with _connect(args, stdin) as conn:
-        present = set(conn.get_prefix(args.prefix.encode())[1])
-        revision = conn.txn(deletes=[(args.prefix + k).encode() for k in keys])
-    missing = 0
-    for key in keys:
-        if (args.prefix + key).encode() in present:
-            stdout.write(f"Revoked {key}\n")
-        else:
-            missing += 1
-            stdout.write(f"Not in etcd: {key}\n")
+        revision, deleted = conn.txn_deleted(deletes=[(args.prefix + k).encode() for k in keys])
+    for key, count in zip(keys, deleted, strict=True):
+        stdout.write(f"Revoked {key}\n" if count else f"Not in etcd: {key}\n")
     stdout.write(f"etcd revision {revision}\n")
-    return 1 if missing else 0
+    return 0 if all(deleted) else 1
 
 
 def _cmd_list(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
