@@ -36,9 +36,11 @@ def cert_value(cert: Cert) -> bytes:
     return public._render(False, datetime.datetime.now())
 
 
-def _load_public(path: str) -> Cert:
+def _load_public(path: str, stdout: TextIO | None = None) -> Cert:
     data = read_capped(path, MAX_CERT_BYTES, "certificate")
     cert = Cert.from_bytes(data, path)
+    if cert._secret is not None and stdout is not None:
+        stdout.write(f"Note: {path} holds a secret key; only its public key goes to etcd\n")
     cert._secret = None  # only the public part ever goes to etcd
     return cert
 
@@ -72,7 +74,7 @@ def _name(prefix: str, cert: Cert) -> bytes:
 
 
 def _cmd_add(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    certs = [(path, _load_public(path)) for path in args.files]
+    certs = [(path, _load_public(path, stdout)) for path in args.files]
     with _connect(args, stdin) as conn:
         revision = conn.txn({_name(args.prefix, c): cert_value(c) for _, c in certs})
     for path, cert in certs:
