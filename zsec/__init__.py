@@ -25,8 +25,9 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
+from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
-from ._passwords import PasswordFile
+from ._passwords import PasswordFile, PasswordTable
 from ._sockets import (
     curve_client,
     curve_server,
@@ -34,7 +35,8 @@ from ._sockets import (
     plain_client,
     plain_server,
 )
-from ._store import CertStore, StoreChange
+from ._source import TrustFeed, TrustSource
+from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import CURVE_ALLOW_ANY, Policy, ZapReply, ZapRequest
 
@@ -59,9 +61,12 @@ __all__ = [
     "MetadataError",
     "PasswordError",
     "PasswordFile",
+    "PasswordTable",
     "Policy",
     "SocketConfigError",
     "StoreChange",
+    "TrustFeed",
+    "TrustSource",
     "ZapError",
     "ZapReply",
     "ZapRequest",

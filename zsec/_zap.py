@@ -471,7 +471,7 @@ class Policy:
             return ZapReply(request.request_id, b"400", UNKNOWN_KEY)
         cached = self._curve_cache.get(key)
         if cached is None or cached[0] is not cert:
-            cached = (cert, cert.public_txt.encode("ascii"), cert_properties(cert._meta))
+            cached = (cert, cert.public_txt.encode("ascii"), cert_properties(cert.metadata))
             self._remember_curve(key, cached)
         return ZapReply(request.request_id, b"200", _OK, cached[1], cached[2])
 
