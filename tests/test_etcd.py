@@ -456,3 +456,183 @@ def test_over_tls_a_client_certificate_is_the_etcd_identity(tmp_path: Any) -> No
         anonymous = EtcdSettings((endpoint,), ca_cert=tls["ca"], timeout=2)  # no client cert
         with anonymous.connect() as conn, pytest.raises(EtcdError):
             conn.get_prefix(b"/zsec/certs/")
+
+
+# -- with the store: CertStore(EtcdSource), Auth, server processes ----------------
+
+
+def test_a_store_fed_by_etcd_trusts_exactly_the_prefix_and_fails_closed_until_loaded(
+    etcd: Any, prefix: str
+) -> None:
+    cutter = TcpCutter(etcd.client_port)
+    cert = zsec.Cert()
+    put_certs(etcd, prefix, cert)
+    cutter.cut()
+    store = zsec.CertStore(EtcdSource(cutter.endpoint, prefix=prefix))
+    try:
+        wait_for(lambda: store._source._follower.failures >= 1, what="a failed first load")  # type: ignore[union-attr]
+        assert not store.ready and store.lookup(cert.public_key) is None
+        cutter.restore()
+        assert store.wait_ready(10)
+        assert store.lookup(cert.public_key).public_key == cert.public_key  # type: ignore[union-attr]
+        delete_certs(etcd, prefix, cert)
+        wait_for(lambda: store.lookup(cert.public_key) is None, what="the revocation")
+    finally:
+        store.close()
+        cutter.close()
+
+
+def test_an_etcd_outage_never_delays_the_authenticator(etcd: Any, prefix: str, ctx: Any) -> None:
+    from .helpers import attempt, serve
+
+    cutter = TcpCutter(etcd.client_port)
+    server_cert, client, intruder = zsec.Cert(), zsec.Cert(), zsec.Cert()
+    put_certs(etcd, prefix, client)
+    store = zsec.CertStore(EtcdSource(cutter.endpoint, prefix=prefix, max_outage=None))
+    with zsec.Auth(ctx) as auth:
+        try:
+            assert store.wait_ready(10)
+            auth.configure_curve("*", store)
+            server, endpoint = serve(ctx, lambda s: zsec.curve_server(s, server_cert))
+            cutter.cut()
+            etcd.kill()  # and etcd itself is gone
+            for cert, ok in ((client, True), (intruder, False)):
+                verdict, _ = attempt(
+                    ctx, endpoint, lambda s, c=cert: zsec.curve_client(s, c, server_cert)
+                )
+                assert verdict.ok is ok, verdict
+            server.close()
+        finally:
+            store.close()
+            cutter.close()
+
+
+def test_three_server_processes_all_refuse_a_key_revoked_by_one_write(
+    etcd: Any, prefix: str, ctx: Any
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from .helpers import ROOT, attempt
+
+    server_cert, client = zsec.Cert(), zsec.Cert()
+    put_certs(etcd, prefix, client, zsec.Cert())
+    env = {
+        **os.environ,
+        "ZSEC_FLEET_SERVER_KEYS": f"{server_cert.public_txt} {server_cert.secret_txt}",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.etcd_server", "member", etcd.endpoint, prefix],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        endpoints = []
+        for proc in procs:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line.startswith("READY "), line
+            endpoints.append(line.split()[1])
+
+        def login(endpoint: str) -> zsec.Handshake:
+            return attempt(ctx, endpoint, lambda s: zsec.curve_client(s, client, server_cert))[0]
+
+        assert all(login(e).ok for e in endpoints)
+        delete_certs(etcd, prefix, client)  # one write
+        for proc in procs:
+            word, key, _ = proc.stdout.readline().split()  # type: ignore[union-attr]
+            assert (word, key) == ("REMOVED", client.public_txt)
+        assert all(login(e).zap_status == 400 for e in endpoints)
+    finally:
+        for proc in procs:
+            proc.stdin.close()  # type: ignore[union-attr]
+        for proc in procs:
+            proc.wait(30)
+
+
+# -- PLAIN users in etcd -------------------------------------------------------------
+
+
+def test_plain_users_in_etcd_are_checked_and_followed_and_clear_text_is_ignored(
+    etcd: Any, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from .helpers import fast_hash
+
+    with conn_for(etcd) as conn:
+        conn.txn(
+            {
+                f"{prefix}admin".encode(): fast_hash(b"admin-pw"),
+                f"{prefix}careless".encode(): b"Clear-Text-Value-9",
+            }
+        )
+    users = zsec.EtcdPasswords(etcd.endpoint, prefix=prefix)
+    try:
+        assert users.wait_ready(10)
+        assert users.check(b"admin", b"admin-pw") == b""
+        assert users.check(b"admin", b"guess") == b"wrong password"
+        assert users.check(b"careless", b"Clear-Text-Value-9") == b"unknown user"
+        assert "ignored etcd user entry 'careless'" in caplog.text
+        assert "Clear-Text-Value-9" not in caplog.text
+        version = users.version
+        with conn_for(etcd) as conn:
+            conn.txn(
+                {f"{prefix}guest".encode(): fast_hash(b"guest-pw")}, [f"{prefix}admin".encode()]
+            )
+        wait_for(lambda: users.version > version, what="the change to arrive")
+        assert users.check(b"guest", b"guest-pw") == b""
+        assert users.check(b"admin", b"admin-pw") == b"unknown user"
+        assert "etcd" in repr(users) and "ready=True" in repr(users)
+    finally:
+        users.close()
+    assert users.check(b"guest", b"guest-pw") != b""  # closed: nobody
+
+
+def test_plain_users_in_etcd_admit_nobody_until_loaded(etcd: Any, prefix: str) -> None:
+    from .helpers import fast_hash
+
+    with conn_for(etcd) as conn:
+        conn.txn({f"{prefix}admin".encode(): fast_hash(b"admin-pw")})
+    cutter = TcpCutter(etcd.client_port)
+    cutter.cut()
+    users = zsec.EtcdPasswords(cutter.endpoint, prefix=prefix)
+    try:
+        wait_for(lambda: users._follower.failures >= 1, what="a failed first load")
+        assert not users.ready
+        assert users.check(b"admin", b"admin-pw") == b"password file unavailable"
+        cutter.restore()
+        assert users.wait_ready(10)
+        assert users.check(b"admin", b"admin-pw") == b""
+    finally:
+        users.close()
+        cutter.close()
+
+
+def test_trust_passwd_stores_only_a_hash_and_removes_users(etcd: Any, prefix: str) -> None:
+    from zsec._etcd import check_user_entry
+
+    code, out, err = trust(
+        etcd, "passwd", "--prefix", prefix, "carol", "--stdin", stdin="Carol-Pw-1\n"
+    )
+    assert code == 0, err
+    assert "Carol-Pw-1" not in out
+    with conn_for(etcd) as conn:
+        stored = conn.get_prefix(prefix.encode())[1][f"{prefix}carol".encode()]
+    assert stored.startswith(b"$argon2id$") and b"Carol-Pw-1" not in stored
+    users = zsec.EtcdPasswords(etcd.endpoint, prefix=prefix)
+    try:
+        assert users.wait_ready(10)
+        assert users.check(b"carol", b"Carol-Pw-1") == b""
+    finally:
+        users.close()
+    with pytest.raises(zsec.PasswordError, match="clear-text passwords are never stored"):
+        check_user_entry("carol", b"Carol-Pw-1")
+    code, out, _ = trust(etcd, "passwd", "--prefix", prefix, "carol", "--remove")
+    assert code == 0 and "Removed carol" in out
+    code, out, _ = trust(etcd, "passwd", "--prefix", prefix, "carol", "--remove")
+    assert code == 1 and "No such user" in out

@@ -12,6 +12,9 @@ from ._errors import (
     AddressError,
     AuthError,
     CertificateError,
+    EtcdError,
+    EtcdPermissionError,
+    EtcdUnavailable,
     FileAccessError,
     HandshakeTimeout,
     KeyFormatError,
@@ -25,6 +28,7 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
+from ._etcd import EtcdPasswords, EtcdSource
 from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
 from ._passwords import PasswordFile, PasswordTable
@@ -51,6 +55,11 @@ __all__ = [
     "Cert",
     "CertStore",
     "CertificateError",
+    "EtcdError",
+    "EtcdPasswords",
+    "EtcdPermissionError",
+    "EtcdSource",
+    "EtcdUnavailable",
     "FailureLimiter",
     "FileAccessError",
     "Handshake",

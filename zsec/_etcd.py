@@ -35,10 +35,13 @@ from ._errors import (
     EtcdPermissionError,
     EtcdUnavailable,
     KeyFormatError,
+    PasswordError,
     ZsecTypeError,
     ZsecValueError,
 )
 from ._keys import coerce_key
+from ._passwords import PasswordTable, check_username
+from ._source import TrustFeed, TrustSource
 
 log = logging.getLogger("zsec.etcd")
 
@@ -632,10 +635,11 @@ class Follower:
         self.ready, self.reason = ready, reason
         if ready:
             log.info("%s: ready (revision %d)", self._name, self.revision)
-            self._ready_event.set()
         else:
             log.warning("%s: not ready, refusing everyone: %s", self._name, reason)
         self._safely(self._on_ready, ready, reason)
+        if ready:
+            self._ready_event.set()  # after the consumer knows
 
     def _safely(self, callback: Callable[..., None], *args: Any) -> None:
         try:
@@ -682,7 +686,7 @@ def cert_from_entry(name: str, value: bytes) -> Cert:
     return cert
 
 
-class EtcdSource:
+class EtcdSource(TrustSource):
     """Trusted public certificates kept in etcd under a prefix, followed live.
 
     ``zsec.CertStore(EtcdSource(...))`` (or ``Auth.configure_curve(domain,
@@ -716,7 +720,7 @@ class EtcdSource:
         self.settings = EtcdSettings(eps, ca_cert, cert, key, user, password, float(timeout))
         self.prefix = prefix
         self.max_outage = max_outage
-        self._feed: Any = None
+        self._feed: TrustFeed | None = None
         self._bad: dict[str, str] = {}
         self._follower = Follower(
             self.settings,
@@ -758,7 +762,7 @@ class EtcdSource:
         """Block until the first load (or ``timeout``); returns ``ready``."""
         return self._follower.wait_ready(timeout)
 
-    def start(self, feed: Any) -> None:
+    def start(self, feed: TrustFeed) -> None:
         """Begin feeding ``feed`` (called once by the store)."""
         if self._feed is not None:
             raise ZsecValueError("this EtcdSource already feeds a store; make one per store")
@@ -792,13 +796,140 @@ class EtcdSource:
     def _reset(self, values: dict[str, bytes]) -> None:
         self._bad = {k: v for k, v in self._bad.items() if k in values}
         good, _ = self._certs(values)
+        assert self._feed is not None
         self._feed.reset(good)
 
     def _update(self, put: dict[str, bytes], deleted: list[str]) -> None:
         good, bad = self._certs(put)
         for name in deleted:
             self._bad.pop(name, None)
+        assert self._feed is not None
         self._feed.update(put=good, delete=[*deleted, *bad])
 
     def _ready(self, ready: bool, reason: str) -> None:
+        assert self._feed is not None
         self._feed.set_ready(ready, reason)
+
+
+# -- PLAIN users ---------------------------------------------------------------
+
+_HASH_PREFIXES = (b"$argon2id$", b"$argon2i$")
+
+
+def check_user_entry(username: str, entry: bytes) -> bytes:
+    """The argon2 hash to store for ``username``; refuses anything else (a clear password).
+
+    Raises ``PasswordError``; the message never contains the entry.
+    """
+    check_username(username.encode("utf-8"))
+    if not entry.startswith(_HASH_PREFIXES) or len(entry) > 512 or b"\n" in entry:
+        raise PasswordError(
+            f"the etcd entry for user {username!r} must be an argon2 hash string "
+            "($argon2id$...); clear-text passwords are never stored in etcd"
+        )
+    return entry
+
+
+class EtcdPasswords(PasswordTable):
+    """PLAIN users kept in etcd under a prefix as argon2 hashes, followed live.
+
+    ``/zsec/users/<username>`` holds the user's argon2id string (what
+    ``zsec trust passwd`` writes). Anything else, a clear-text password
+    above all, is ignored with a log line that never shows the value.
+    Checked like a ``PasswordFile``: constant time, a verified password
+    remembered as a keyed digest. Fails closed like ``EtcdSource``: nobody
+    is admitted until the first load, nor after etcd has been unreachable
+    for ``max_outage`` seconds (``None``: keep the last known users).
+    Call ``close()`` to stop following.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] = "127.0.0.1:2379",
+        *,
+        prefix: str = DEFAULT_USER_PREFIX,
+        ca_cert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        timeout: float = 5.0,
+        max_outage: float | None = 60.0,
+    ) -> None:
+        super().__init__({})
+        eps = tuple(endpoints.split(",")) if isinstance(endpoints, str) else tuple(endpoints)
+        self.settings = EtcdSettings(eps, ca_cert, cert, key, user, password, float(timeout))
+        self.prefix = prefix
+        self._users: dict[str, bytes] = {}
+        self._bad: set[str] = set()
+        self._follower = Follower(
+            self.settings,
+            prefix,
+            on_reset=self._reset,
+            on_update=self._update,
+            on_ready=lambda ready, reason: self._push(),
+            max_outage=max_outage,
+            name=f"etcd passwords {prefix}",
+        )
+        self._push()
+        self._follower.start()
+
+    def __repr__(self) -> str:
+        where = f"etcd {','.join(self.settings.endpoints)} {self.prefix}"
+        return f"<EtcdPasswords {where} users={len(self)} ready={self.ready}>"
+
+    @property
+    def ready(self) -> bool:
+        return self._follower.ready
+
+    @property
+    def reason(self) -> str:
+        return self._follower.reason
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._follower.wait_ready(timeout)
+
+    def close(self) -> None:
+        """Stop following etcd and admit nobody; idempotent."""
+        self._follower.close()
+        with self._lock:
+            self._publish({}, "closed")
+
+    def _valid(self, name: str, value: bytes) -> bool:
+        try:
+            check_user_entry(name, value)
+        except PasswordError as exc:
+            if name not in self._bad:
+                self._bad.add(name)
+                log.warning(
+                    "ignored etcd user entry %r: %s (clear-text passwords are never used)",
+                    name,
+                    "not a valid username" if "username" in str(exc) else "not an argon2 hash",
+                )
+            return False
+        self._bad.discard(name)
+        return True
+
+    def _reset(self, values: dict[str, bytes]) -> None:
+        self._users = {n: v for n, v in values.items() if self._valid(n, v)}
+        self._push()
+
+    def _update(self, put: dict[str, bytes], deleted: list[str]) -> None:
+        users = dict(self._users)
+        for name in deleted:
+            users.pop(name, None)
+        for name, value in put.items():
+            if self._valid(name, value):
+                users[name] = value
+            else:
+                users.pop(name, None)
+        self._users = users
+        self._push()
+
+    def _push(self) -> None:
+        if self._follower.ready:
+            users: dict[str | bytes, str | bytes] = {k: v for k, v in self._users.items()}
+            self.replace(users)
+        else:
+            with self._lock:
+                self._publish({}, self._follower.reason)

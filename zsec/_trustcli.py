@@ -21,12 +21,15 @@ from ._errors import CertificateError, FileAccessError, KeyFormatError, ZsecErro
 from ._etcd import (
     DEFAULT_CERT_PREFIX,
     DEFAULT_MAX_TXN_OPS,
+    DEFAULT_USER_PREFIX,
     EtcdConnection,
     EtcdSettings,
     cert_from_entry,
+    check_user_entry,
 )
 from ._files import read_capped
 from ._keys import coerce_key, z85_encode
+from ._passwords import check_username, hash_password
 
 
 def cert_value(cert: Cert) -> bytes:
@@ -47,14 +50,14 @@ def _load_public(path: str, stdout: TextIO | None = None) -> Cert:
 
 def _connect(args: argparse.Namespace, stdin: TextIO) -> EtcdConnection:
     password = None
-    if args.user is not None:
+    if args.etcd_user is not None:
         if args.password_stdin:
             line = stdin.readline()
             if not line:
                 raise ZsecError("no etcd password on standard input")
             password = line.rstrip("\r\n")
         elif stdin is sys.stdin and stdin.isatty():
-            password = getpass.getpass(f"etcd password for {args.user}: ")
+            password = getpass.getpass(f"etcd password for {args.etcd_user}: ")
         else:
             raise ZsecError("no terminal to ask for the etcd password; pass --password-stdin")
     settings = EtcdSettings(
@@ -62,7 +65,7 @@ def _connect(args: argparse.Namespace, stdin: TextIO) -> EtcdConnection:
         ca_cert=args.ca_cert,
         cert=args.cert,
         key=args.key,
-        user=args.user,
+        user=args.etcd_user,
         password=password,
         timeout=args.timeout,
     )
@@ -190,6 +193,40 @@ def _cmd_import(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     return 0
 
 
+def _new_password(args: argparse.Namespace, stdin: TextIO) -> bytes:
+    if args.stdin:
+        line = stdin.readline()
+        if not line:
+            raise ZsecError("no password on standard input")
+        return line.rstrip("\r\n").encode("utf-8", "surrogateescape")
+    if stdin is sys.stdin and stdin.isatty():
+        first = getpass.getpass(f"New password for {args.user}: ")
+        if getpass.getpass("Repeat the password: ") != first:
+            raise ZsecError("the two passwords differ; nothing was changed")
+        return first.encode("utf-8", "surrogateescape")
+    raise ZsecError("no terminal to ask for the password; pass it with --stdin")
+
+
+def _cmd_passwd(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    check_username(args.user.encode("utf-8", "surrogateescape"))
+    with _connect(args, stdin) as conn:
+        key = (args.prefix + args.user).encode("utf-8", "surrogateescape")
+        if args.remove:
+            revision, deleted = conn.txn_deleted(deletes=[key])
+            stdout.write(
+                f"{'Removed' if deleted[0] else 'No such user:'} {args.user}; "
+                f"etcd revision {revision}\n"
+            )
+            return 0 if deleted[0] else 1
+        password = _new_password(args, stdin)
+        if not password or len(password) > 255:
+            raise ZsecError("a password must be 1 to 255 bytes")
+        entry = check_user_entry(args.user, hash_password(password))
+        revision = conn.txn({key: entry})
+    stdout.write(f"Set {args.user} (argon2id hash) under {args.prefix}; etcd revision {revision}\n")
+    return 0
+
+
 def add_trust_parser(sub: Any) -> None:
     """Add ``zsec trust`` and its subcommands to the ``zsec`` parser's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
@@ -202,13 +239,13 @@ def add_trust_parser(sub: Any) -> None:
     )
     conn.add_argument(
         "--prefix",
-        default=DEFAULT_CERT_PREFIX,
-        help=f"key prefix of the trusted certificates (default: {DEFAULT_CERT_PREFIX})",
+        help=f"key prefix (default: {DEFAULT_CERT_PREFIX} for certificates, "
+        f"{DEFAULT_USER_PREFIX} for passwd)",
     )
     conn.add_argument("--ca-cert", metavar="FILE", help="CA certificate: use TLS, verify etcd")
     conn.add_argument("--cert", metavar="FILE", help="client certificate (TLS client auth)")
     conn.add_argument("--key", metavar="FILE", help="client certificate's private key")
-    conn.add_argument("--user", help="etcd user (password asked at the terminal)")
+    conn.add_argument("--user", dest="etcd_user", help="etcd user (password asked at the terminal)")
     conn.add_argument(
         "--password-stdin",
         action="store_true",
@@ -267,3 +304,32 @@ def add_trust_parser(sub: Any) -> None:
         help="when over --max-txn-ops, write in several transactions (not atomic)",
     )
     imp.set_defaults(run=_cmd_import)
+    passwd = cmds.add_parser(
+        "passwd",
+        parents=[common],
+        help="add, change or remove a PLAIN user (argon2id hash in etcd)",
+        description="Store an argon2id hash of USER's password under the users prefix; "
+        "the password is hashed here and never leaves this machine in clear. The password "
+        "is asked twice at the terminal, or read from stdin with --stdin (after the etcd "
+        "password line, when --password-stdin is given too).",
+    )
+    passwd.add_argument("user", metavar="USER")
+    passwd.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    passwd.add_argument("--remove", action="store_true", help="remove USER instead")
+    passwd.set_defaults(run=_cmd_passwd)
+    for parser, prefix in ((add, DEFAULT_CERT_PREFIX), (remove, DEFAULT_CERT_PREFIX),
+                           (listing, DEFAULT_CERT_PREFIX), (imp, DEFAULT_CERT_PREFIX),
+                           (passwd, DEFAULT_USER_PREFIX)):  # fmt: skip
+        parser.set_defaults(run=_with_prefix(parser.get_default("run"), prefix))
+
+
+def _with_prefix(run: Any, default: str) -> Any:
+    """``run`` with ``args.prefix`` defaulting to ``default`` (the actions' own default is
+    shared by every subcommand, so it cannot differ per subcommand)."""
+
+    def wrapped(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+        if args.prefix is None:
+            args.prefix = default
+        return int(run(args, stdin, stdout))
+
+    return wrapped
