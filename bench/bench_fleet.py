@@ -152,7 +152,7 @@ def bench_revocation(server: EtcdServer, servers: int, revocations: int) -> None
     print(
         f"revocation to refusal on {servers} server processes, {revocations} revocations "
         f"({len(from_call)} samples): from the `zsec trust remove` call: {show(from_call)}; "
-        f"from etcd's acknowledgement: {show(from_ack)}"
+        f"from the call's return: {show(from_ack)} (negative: seen before the call returned)"
     )
 
 

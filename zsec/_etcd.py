@@ -526,12 +526,7 @@ class Follower:
                     return
                 raise EtcdUnavailable("the watch ended")
             except _Compacted as exc:
-                log.warning(
-                    "%s %s: history %s; reading the whole prefix again",
-                    self._name,
-                    self.prefix.decode(errors="replace"),
-                    exc,
-                )
+                log.warning("%s: history %s; reading the whole prefix again", self._name, exc)
                 self.revision = 0
                 continue
             except Exception as exc:  # noqa: BLE001 - the follower must outlive any failure
@@ -601,13 +596,7 @@ class Follower:
         self.reloads += 1
         self._safely(self._on_reset, entries)
         self.revision = revision
-        log.info(
-            "%s %s: loaded %d entries at revision %d",
-            self._name,
-            self.prefix.decode(errors="replace"),
-            len(entries),
-            revision,
-        )
+        log.info("%s: loaded %d entries at revision %d", self._name, len(entries), revision)
 
     def _apply(self, batch: list[Event]) -> None:
         cut = len(self.prefix)
