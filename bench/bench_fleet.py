@@ -125,7 +125,7 @@ def bench_revocation(server: EtcdServer, servers: int, revocations: int) -> None
             t0 = time.monotonic_ns()
             code = zsec_main(
                 ["trust", "remove", "--endpoints", server.endpoint, "--prefix", prefix,
-                 cert.public_txt],
+                 "--", cert.public_txt],
                 stdout=out,
             )  # fmt: skip
             t1 = time.monotonic_ns()

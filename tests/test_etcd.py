@@ -336,7 +336,7 @@ def test_trust_add_list_and_remove_round_trip(etcd: Any, prefix: str, tmp_path: 
     assert b"secret-key" not in value and b"Alice" in value
     code, out, _ = trust(etcd, "list", "--prefix", prefix)
     assert code == 0 and f"{alice.public_txt}  name=Alice" in out and "1 trusted" in out
-    code, out, _ = trust(etcd, "remove", "--prefix", prefix, alice.public_txt)
+    code, out, _ = trust(etcd, "remove", "--prefix", prefix, "--", alice.public_txt)
     assert code == 0 and f"Revoked {alice.public_txt}" in out
     code, out, _ = trust(etcd, "remove", "--prefix", prefix, str(tmp_path / "alice.cert"))
     assert code == 1 and "Not in etcd" in out
@@ -391,10 +391,19 @@ def test_trust_logs_in_with_a_password_from_stdin_and_reports_refusals(
     args = ("add", "--user", "operator", "--password-stdin", str(tmp_path / "c.key"))
     code, out, err = trust(etcd_with_auth, *args, stdin="operator-pw\n")
     assert code == 0, err
-    args = ("remove", "--user", "server1", "--password-stdin", cert.public_txt)
+    args = ("remove", "--user", "server1", "--password-stdin", "--", cert.public_txt)
     code, out, err = trust(etcd_with_auth, *args, stdin="server1-pw\n")
     assert code == 1 and "refused user 'server1'" in err and "permission denied" in err
     assert "server1-pw" not in err + out
+
+
+def test_trust_remove_takes_a_key_that_starts_with_a_dash_after_a_double_dash(
+    etcd: Any, prefix: str
+) -> None:
+    cert = zsec.Cert.from_keys("-" + zsec.Cert().public_txt[1:])
+    put_certs(etcd, prefix, cert)
+    code, out, _ = trust(etcd, "remove", "--prefix", prefix, "--", cert.public_txt)
+    assert code == 0 and f"Revoked {cert.public_txt}" in out
 
 
 def test_trust_names_what_it_expected_for_a_bad_key(etcd: Any) -> None:

@@ -271,7 +271,8 @@ def add_trust_parser(sub: Any) -> None:
         parents=[common],
         help="revoke keys or certificate files",
         description="Revoke each KEY (Z85 or hex public key, or a certificate file) on every "
-        "server at once. Exits 1 if a key was not trusted.",
+        "server at once, in one transaction. Exits 1 if a key was not trusted. A Z85 key can "
+        "start with '-': put -- before the keys (zsec trust remove -- KEY).",
     )
     remove.add_argument("keys", nargs="+", metavar="KEY", help="public key or certificate file")
     remove.set_defaults(run=_cmd_remove)
