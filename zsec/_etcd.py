@@ -922,3 +922,4 @@ class EtcdPasswords(PasswordTable):
         else:
             with self._lock:
                 self._publish({}, self._follower.reason)
+
