@@ -922,4 +922,3 @@ class EtcdPasswords(PasswordTable):
         else:
             with self._lock:
                 self._publish({}, self._follower.reason)
-
