@@ -200,8 +200,8 @@ def test_keeping_the_last_known_set_is_an_explicit_choice(etcd: Any, prefix: str
     try:
         assert source.wait_ready(10)
         cutter.cut()
-        # Five failed attempts take over 0.3 s of backoff: past a short bound.
-        wait_for(lambda: source._follower.failures >= 5, what="several failed reconnects")
+        # Four failed attempts take over 0.3 s of backoff: past a short bound.
+        wait_for(lambda: source._follower.failures >= 4, what="several failed reconnects")
         assert feed.ready and keys_of(feed) == {cert.public_txt}
     finally:
         source.close()
