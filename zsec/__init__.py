@@ -29,6 +29,7 @@ from ._errors import (
     ZsecValueError,
 )
 from ._etcd import EtcdPasswords, EtcdSource
+from ._guard import REVOKED_REPLY, AsyncGuardedSocket, Cut, GuardedSocket
 from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
 from ._passwords import PasswordFile, PasswordTable
@@ -48,13 +49,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CURVE_ALLOW_ANY",
+    "REVOKED_REPLY",
     "ZAP_ENDPOINT",
     "AddressError",
+    "AsyncGuardedSocket",
     "Auth",
     "AuthError",
     "Cert",
     "CertStore",
     "CertificateError",
+    "Cut",
     "EtcdError",
     "EtcdPasswords",
     "EtcdPermissionError",
@@ -62,6 +66,7 @@ __all__ = [
     "EtcdUnavailable",
     "FailureLimiter",
     "FileAccessError",
+    "GuardedSocket",
     "Handshake",
     "HandshakeMonitor",
     "HandshakeTimeout",
