@@ -645,3 +645,50 @@ def test_trust_passwd_stores_only_a_hash_and_removes_users(etcd: Any, prefix: st
     assert code == 0 and "Removed carol" in out
     code, out, _ = trust(etcd, "passwd", "--prefix", prefix, "carol", "--remove")
     assert code == 1 and "No such user" in out
+
+
+def test_a_revocation_by_watch_cuts_the_live_session_as_a_deleted_file_does(
+    etcd: Any, prefix: str, ctx: Any
+) -> None:
+    import zmq
+
+    server_cert, bob, alice = zsec.Cert(), zsec.Cert(), zsec.Cert()
+    put_certs(etcd, prefix, bob, alice)
+    store = zsec.CertStore(EtcdSource(etcd.endpoint, prefix=prefix))
+    cuts: list[Any] = []
+    with zsec.Auth(ctx) as auth:
+        try:
+            assert store.wait_ready(10)
+            auth.configure_curve("*", store)
+            server = ctx.socket(zmq.ROUTER)
+            server.linger = 0
+            zsec.curve_server(server, server_cert)
+            guarded = auth.guard(server, on_cut=cuts.append)
+            port = server.bind_to_random_port("tcp://127.0.0.1")
+            clients, monitors = {}, {}
+            for name, cert in (("bob", bob), ("alice", alice)):
+                client = ctx.socket(zmq.DEALER)
+                client.linger, client.rcvtimeo = 0, 5000
+                zsec.curve_client(client, cert, server_cert)
+                monitors[name] = zsec.HandshakeMonitor(client)
+                client.connect(f"tcp://127.0.0.1:{port}")
+                assert monitors[name].wait().ok
+                clients[name] = client
+                # Heard from before the revocation (the guard also cuts, to be safe,
+                # silent connections from an address a revoked identity used).
+                client.send(name.encode())
+                assert guarded.poll(5000) and guarded.recv_multipart()[1] == name.encode()
+            delete_certs(etcd, prefix, bob)  # one etcd write, no file anywhere
+            assert monitors["bob"].wait().event == zmq.EVENT_DISCONNECTED
+            assert monitors["bob"].wait().zap_status == 400
+            clients["alice"].send(b"still here")
+            assert guarded.poll(5000)
+            assert guarded.recv_multipart()[1] == b"still here"
+            assert [cut.reason for cut in cuts] == ["key no longer trusted"]
+            for name in clients:
+                monitors[name].close()
+                clients[name].close()
+            guarded.close()
+            server.close()
+        finally:
+            store.close()
