@@ -692,3 +692,43 @@ def test_a_revocation_by_watch_cuts_the_live_session_as_a_deleted_file_does(
             server.close()
         finally:
             store.close()
+
+
+# -- fleet-wide bans --------------------------------------------------------------
+
+
+def test_a_ban_on_one_server_holds_on_every_server_until_its_lease_expires(
+    etcd: Any, prefix: str
+) -> None:
+    from zsec._zap import Policy
+
+    from .helpers import req
+
+    def status(policy: Policy, password: bytes) -> bytes:
+        reply = policy.handle([b"r", b"", *req(b"PLAIN", b"admin", password)])
+        assert reply is not None
+        return reply[4]
+
+    servers = []
+    for _ in range(2):
+        limiter = zsec.FailureLimiter(max_failures=3, window=60, ban=2)
+        bans = zsec.EtcdBans(etcd.endpoint, prefix=prefix)
+        assert bans.wait_ready(10)
+        bans.attach(limiter)
+        policy = Policy(plain={"*": zsec.PasswordTable({"admin": "right-pw"})}, limiter=limiter)
+        servers.append((policy, bans))
+    (a, bans_a), (b, bans_b) = servers
+    try:
+        assert status(b, b"right-pw") == b"200"
+        for _ in range(3):
+            assert status(a, b"guess") == b"400"  # a brute-forcer at server A
+        assert status(a, b"right-pw") == b"400"  # banned at A
+        wait_for(lambda: bans_b.banned == ["127.0.0.1"], what="the ban to reach server B")
+        assert status(b, b"right-pw") == b"400"  # and at B, which saw no failure
+        # etcd deletes the key when the 2 s lease expires; every server hears it.
+        wait_for(lambda: bans_b.banned == [], timeout=15, what="the lease to expire")
+        wait_for(lambda: status(b, b"right-pw") == b"200", what="B to admit again")
+        wait_for(lambda: status(a, b"right-pw") == b"200", what="A to admit again")
+    finally:
+        bans_a.close()
+        bans_b.close()

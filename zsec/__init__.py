@@ -28,7 +28,7 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
-from ._etcd import EtcdPasswords, EtcdSource
+from ._etcd import EtcdBans, EtcdPasswords, EtcdSource
 from ._guard import REVOKED_REPLY, AsyncGuardedSocket, Cut, GuardedSocket
 from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
@@ -59,6 +59,7 @@ __all__ = [
     "CertStore",
     "CertificateError",
     "Cut",
+    "EtcdBans",
     "EtcdError",
     "EtcdPasswords",
     "EtcdPermissionError",

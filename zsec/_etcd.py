@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import json
 import logging
+import math
 import random
 import threading
 import time
@@ -922,3 +924,158 @@ class EtcdPasswords(PasswordTable):
         else:
             with self._lock:
                 self._publish({}, self._follower.reason)
+
+
+# -- fleet-wide bans -------------------------------------------------------------
+
+DEFAULT_BAN_PREFIX = "/zsec/bans/"
+
+
+class EtcdBans:
+    """Failure bans shared by a fleet through etcd leases: banned on one server, on all.
+
+    ``attach(limiter)`` (the ``FailureLimiter`` of ``auth.policy.limiter``,
+    after ``auth.set_failure_limit``) writes each ban this server starts to
+    ``<prefix><address>`` under an etcd lease of the ban's length, and makes
+    the limiter refuse every address banned anywhere in the fleet. etcd
+    deletes the key when the lease expires and the watch brings the deletion
+    to every server; a ban also ends locally at its length, so an etcd
+    outage cannot make one last forever. Bans only ever add refusals, so
+    while etcd is unreachable the last known bans stay in force (and this
+    server's new bans stay local). The ZAP thread never waits for etcd: it
+    only queues a new ban for this object's writer thread.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] = "127.0.0.1:2379",
+        *,
+        prefix: str = DEFAULT_BAN_PREFIX,
+        ca_cert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        import queue
+
+        eps = tuple(endpoints.split(",")) if isinstance(endpoints, str) else tuple(endpoints)
+        self.settings = EtcdSettings(eps, ca_cert, cert, key, user, password, float(timeout))
+        self.prefix = prefix
+        self._limiters: list[Any] = []
+        self._bans: dict[str, float] = {}  # address -> seconds, as etcd holds them
+        self._queue: queue.SimpleQueue[tuple[bytes, float] | None] = queue.SimpleQueue()
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._follower = Follower(
+            self.settings,
+            prefix,
+            on_reset=self._reset,
+            on_update=self._update,
+            on_ready=lambda ready, reason: None,
+            max_outage=None,
+            name=f"etcd bans {prefix}",
+        )
+        self._writer = threading.Thread(target=self._write, name="zsec-etcd-bans", daemon=True)
+        self._closed = False
+        self._follower.start()
+        self._writer.start()
+
+    def __repr__(self) -> str:
+        where = f"etcd {','.join(self.settings.endpoints)} {self.prefix}"
+        return f"<EtcdBans {where} banned={len(self._bans)}>"
+
+    @property
+    def banned(self) -> list[str]:
+        """Addresses etcd holds a ban for right now (as last seen)."""
+        return sorted(self._bans)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the first load of the bans (or ``timeout``)."""
+        return self._follower.wait_ready(timeout)
+
+    def attach(self, limiter: Any) -> None:
+        """Share ``limiter``'s bans with the fleet and make it honour the fleet's bans."""
+        if not hasattr(limiter, "on_ban") or not hasattr(limiter, "shared_bans"):
+            raise ZsecTypeError(
+                f"attach() needs a zsec.FailureLimiter, not {type(limiter).__name__}"
+            )
+        self._limiters.append(limiter)
+        self._unsubscribe.append(
+            limiter.on_ban(lambda address: self._queue.put((address, limiter.ban)))
+        )
+        self._push()
+
+    def close(self) -> None:
+        """Stop sharing; the fleet's bans are lifted from the attached limiters. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._queue.put(None)
+        self._follower.close()
+        self._writer.join(timeout=10)
+        self._bans = {}
+        self._push()
+
+    def _write(self) -> None:
+        conn: EtcdConnection | None = None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            address, seconds = item
+            value = json.dumps({"seconds": seconds}).encode()
+            for _ in range(2):  # one retry with a fresh connection
+                try:
+                    if conn is None:
+                        conn = self.settings.connect()
+                    lease = conn.grant_lease(max(1, math.ceil(seconds)))
+                    conn.txn({self.prefix.encode() + address: value}, lease=lease)
+                    break
+                except Exception as exc:  # noqa: BLE001 - a ban that cannot be shared stays local
+                    log.warning(
+                        "could not share the ban on %s through etcd: %s", _show(address), exc
+                    )
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+        if conn is not None:
+            conn.close()
+
+    def _reset(self, values: dict[str, bytes]) -> None:
+        self._bans = {}
+        self._update(values, [])
+
+    def _update(self, put: dict[str, bytes], deleted: list[str]) -> None:
+        bans = dict(self._bans)
+        for name in deleted:
+            bans.pop(name, None)
+        for name, value in put.items():
+            try:
+                seconds = float(json.loads(value)["seconds"])
+                if not 0 < seconds < 366 * 86400:
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                log.warning('ignored etcd ban entry %r: not {"seconds": N}', name)
+                continue
+            bans[name] = seconds
+        self._bans = bans
+        self._push()
+
+    def _push(self) -> None:
+        for limiter in self._limiters:
+            now = limiter._clock()
+            old = limiter.shared_bans
+            # A ban keeps its end when it is seen again; a new one ends after its length.
+            limiter.shared_bans = {
+                a.encode("utf-8", "surrogateescape"): old.get(
+                    a.encode("utf-8", "surrogateescape"), now + s
+                )
+                for a, s in self._bans.items()
+            }
+
+
+def _show(address: bytes) -> str:
+    return address[:64].decode("ascii", "backslashreplace")
