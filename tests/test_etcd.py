@@ -732,3 +732,14 @@ def test_a_ban_on_one_server_holds_on_every_server_until_its_lease_expires(
     finally:
         bans_a.close()
         bans_b.close()
+
+
+def test_endpoints_are_checked_and_a_password_in_one_is_not_echoed() -> None:
+    for bad in ("", "ftp://h:1", "http://h:1/path", "h:notaport"):
+        with pytest.raises(zsec.ZsecValueError, match="etcd endpoint"):
+            EtcdSettings((bad,))
+    with pytest.raises(zsec.ZsecValueError) as info:
+        EtcdSettings(("http://root:Hunter2-Pw@10.0.0.1:2379",))
+    assert "Hunter2-Pw" not in str(info.value) and "never in the endpoint" in str(info.value)
+    assert EtcdSettings(("https://[::1]:2379", "127.0.0.1")).tls
+    assert EtcdSettings("a:1,b:2").endpoints == ("a:1", "b:2")

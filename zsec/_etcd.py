@@ -94,8 +94,9 @@ class EtcdSettings:
     """Where etcd is and how to log in: endpoints, TLS files, user and password.
 
     ``endpoints`` are ``host:port`` or ``http(s)://host:port`` strings; a
-    follower tries them in turn. TLS is on when ``ca_cert`` is given or an
-    endpoint says ``https`` (then the system's roots verify the server).
+    follower tries them in turn. TLS is on when ``ca_cert`` or a client
+    certificate is given or an endpoint says ``https`` (without ``ca_cert``
+    the system's roots verify the server).
     ``cert``/``key`` are a client certificate (etcd maps its CN to a user
     when run with ``--client-cert-auth``). A password is never sent over
     plain TCP except to a loopback address. The password is not in the repr.
@@ -133,7 +134,11 @@ class EtcdSettings:
 
     @property
     def tls(self) -> bool:
-        return self.ca_cert is not None or any(_parse_endpoint(e)[0] for e in self.endpoints)
+        return (
+            self.ca_cert is not None
+            or self.cert is not None
+            or any(_parse_endpoint(e)[0] for e in self.endpoints)
+        )
 
     def connect(self, index: int = 0) -> EtcdConnection:
         """A new connection to endpoint ``index`` (modulo their number), logged in."""
@@ -152,10 +157,15 @@ def _parse_endpoint(endpoint: str) -> tuple[bool, str, int]:
         port = parts.port or 2379
     except ValueError:
         parts, port = None, 0
+    # Never echo what precedes an "@": it may be a password.
+    shown = repr(endpoint) if "@" not in endpoint else "'***@" + endpoint.rsplit("@", 1)[1] + "'"
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ZsecValueError(f"etcd endpoint {endpoint!r} is not host:port or http(s)://host:port")
+        raise ZsecValueError(f"etcd endpoint {shown} is not host:port or http(s)://host:port")
     if parts.path not in ("", "/") or parts.username or parts.query:
-        raise ZsecValueError(f"etcd endpoint {endpoint!r} must be only a scheme, host and port")
+        raise ZsecValueError(
+            f"etcd endpoint {shown} must be only a scheme, host and port "
+            "(give a user with user=/--user, never in the endpoint)"
+        )
     return parts.scheme == "https", parts.hostname, port
 
 
