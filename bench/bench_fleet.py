@@ -1,7 +1,7 @@
 """Fleet benchmarks on a real local etcd: load, revocation latency across processes, resume.
 
 Run: .venv/bin/python bench/bench_fleet.py [--runs N] [--servers N] [--revocations N]
-                                            [--changes N] [--skip-100k]
+                                            [--changes N] [--skip-100k] [--parts load,revoke,resume]
 
 1. load: a CertStore following an etcd prefix of 10,000 and 100,000 certificates
    (from start to ready) against the same certificates in a directory store,
@@ -210,16 +210,24 @@ def main() -> None:
     parser.add_argument("--revocations", type=int, default=50)
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--skip-100k", action="store_true")
+    parser.add_argument(
+        "--parts", default="load,revoke,resume", help="comma-separated: load, revoke, resume"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     server = EtcdServer(fsync=True).start()  # as in production: the WAL is synced
     try:
         print(f"etcd {server.endpoint}; python {sys.version.split()[0]}; {os.cpu_count()} cores")
-        bench_load(server, 10_000, args.runs)
-        if not args.skip_100k:
-            bench_load(server, 100_000, args.runs)
-        bench_revocation(server, args.servers, args.revocations)
-        bench_resume(server, args.changes, compact=False)
-        bench_resume(server, args.changes, compact=True)
+        if "load" in parts:
+            bench_load(server, 10_000, args.runs)
+            if not args.skip_100k:
+                bench_load(server, 100_000, args.runs)
+        if "revoke" in parts:
+            for _ in range(args.runs):
+                bench_revocation(server, args.servers, args.revocations)
+        if "resume" in parts:
+            bench_resume(server, args.changes, compact=False)
+            bench_resume(server, args.changes, compact=True)
     finally:
         server.stop()
 
