@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._cert import MAX_CERT_BYTES, Cert
+from ._cert import MAX_CERT_BYTES, Cert, fast_fields, public_cert
 from ._errors import (
     CertificateError,
     EtcdError,
@@ -41,7 +41,7 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
-from ._keys import coerce_key
+from ._keys import coerce_key, z85_decode_keys
 from ._passwords import PasswordTable, check_username
 from ._source import TrustFeed, TrustSource
 
@@ -780,18 +780,38 @@ class EtcdSource(TrustSource):
         self._follower.refresh()
 
     def _certs(self, values: Mapping[str, bytes]) -> tuple[dict[str, Cert], list[str]]:
+        # The common layout is read with one regex and the keys decoded in
+        # one batch (as the directory store does); anything else takes the
+        # full reader, which also gives the reason an entry is refused.
         good: dict[str, Cert] = {}
         bad: list[str] = []
+        pending: list[tuple[str, str, dict[str, str]]] = []
+        slow: list[str] = []
+        shared: dict[str, str] = {}
         for name, value in values.items():
+            fields = fast_fields(value, shared.setdefault) if len(value) > 60 else None
+            if fields is None or fields[1] is not None:
+                slow.append(name)
+            else:
+                pending.append((name, fields[0], fields[2]))
+        keys = z85_decode_keys([text for _, text, _ in pending])
+        for (name, text, meta), public in zip(pending, keys, strict=True):
+            if public is None or (len(name) == 40 and name != text):
+                slow.append(name)  # the full reader says what is wrong
+            else:
+                good[name] = public_cert(public, text, meta)
+        for name in slow:
             try:
-                good[name] = cert_from_entry(name, value)
-                if self._bad.pop(name, None) is not None:
-                    log.info("etcd entry %r is a valid certificate again", name)
+                good[name] = cert_from_entry(name, values[name])
             except CertificateError as exc:
                 bad.append(name)
                 if self._bad.get(name) != str(exc):
                     self._bad[name] = str(exc)
                     log.warning("skipped %s", exc)
+        if self._bad:
+            for name in good:
+                if self._bad.pop(name, None) is not None:
+                    log.info("etcd entry %r is a valid certificate again", name)
         return good, bad
 
     def _reset(self, values: dict[str, bytes]) -> None:
