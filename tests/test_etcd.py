@@ -743,3 +743,23 @@ def test_endpoints_are_checked_and_a_password_in_one_is_not_echoed() -> None:
     assert "Hunter2-Pw" not in str(info.value) and "never in the endpoint" in str(info.value)
     assert EtcdSettings(("https://[::1]:2379", "127.0.0.1")).tls
     assert EtcdSettings("a:1,b:2").endpoints == ("a:1", "b:2")
+
+
+def test_reload_reads_etcd_now_and_is_in_force_when_it_returns(etcd: Any, prefix: str) -> None:
+    cutter = TcpCutter(etcd.client_port)
+    cert = zsec.Cert()
+    put_certs(etcd, prefix, cert)
+    store = zsec.CertStore(EtcdSource(cutter.endpoint, prefix=prefix, timeout=1))
+    try:
+        assert store.wait_ready(10)
+        cutter.cut()
+        delete_certs(etcd, prefix, cert)
+        with pytest.raises(zsec.EtcdUnavailable):
+            store.reload()  # cannot reach etcd: a clear error, the set unchanged
+        assert store.lookup(cert.public_key) is not None
+        cutter.restore()
+        store.reload()
+        assert store.lookup(cert.public_key) is None  # no waiting: in force on return
+    finally:
+        store.close()
+        cutter.close()

@@ -216,6 +216,10 @@ class EtcdConnection:
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
+            # gRPC shares connections between channels to one target, with its
+            # own reconnect backoff (up to 2 min); a fresh channel must mean a
+            # fresh connection, so each reconnect follows our backoff instead.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if settings.tls or https:
             creds = grpc.ssl_channel_credentials(
