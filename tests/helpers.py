@@ -207,30 +207,3 @@ class TcpCutter:
         self._closed = True
         self.cut()
         self._listener.close()
-
-
-class RecordingFeed:
-    """A trust feed that keeps what a source gives it: ``entries``, ``ready``, ``reason``."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.lock = threading.Lock()
-        self.entries: dict[str, Any] = {}
-        self.ready = False
-        self.reason = ""
-        self.resets = 0
-
-    def reset(self, entries: Any) -> None:
-        with self.lock:
-            self.entries = dict(entries)
-            self.resets += 1
-
-    def update(self, put: Any = {}, delete: Any = ()) -> None:  # noqa: B006 - read only
-        with self.lock:
-            self.entries.update(put)
-            for name in delete:
-                self.entries.pop(name, None)
-
-    def set_ready(self, ready: bool, reason: str = "") -> None:
-        self.ready, self.reason = ready, reason

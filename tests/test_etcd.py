@@ -11,7 +11,7 @@ import pytest
 import zsec
 from zsec._etcd import EtcdSettings, EtcdSource
 
-from .helpers import RecordingFeed, TcpCutter, wait_for
+from .helpers import TcpCutter, wait_for
 
 
 def cert_text(cert: zsec.Cert) -> bytes:
@@ -47,36 +47,34 @@ def delete_certs(server: Any, prefix: str, *certs: zsec.Cert) -> int:
         return conn.txn(deletes=[f"{prefix}{c.public_txt}".encode() for c in certs])
 
 
-def follow(endpoint: str, prefix: str, **kw: Any) -> tuple[EtcdSource, RecordingFeed]:
+def follow(endpoint: str, prefix: str, **kw: Any) -> tuple[EtcdSource, zsec.CertStore]:
+    """An etcd source and the store it feeds (closing the store closes the source)."""
     source = EtcdSource(endpoint, prefix=prefix, **kw)
-    feed = RecordingFeed()
-    source.start(feed)
-    return source, feed
+    return source, zsec.CertStore(source)
 
 
-def keys_of(feed: RecordingFeed) -> set[str]:
-    with feed.lock:
-        return set(feed.entries)
+def keys_of(store: zsec.CertStore) -> set[str]:
+    return {cert.public_txt for cert in store}
 
 
 def test_a_source_loads_the_prefix_then_follows_puts_and_deletes(etcd: Any, prefix: str) -> None:
     a, b, c = zsec.Cert(), zsec.Cert(), zsec.Cert()
     put_certs(etcd, prefix, a, b)
     put_certs(etcd, prefix[:-1] + "x/", c)  # a sibling prefix is not ours
-    source, feed = follow(etcd.endpoint, prefix)
+    source, store = follow(etcd.endpoint, prefix)
     try:
         assert source.wait_ready(10)
-        assert feed.ready
-        assert keys_of(feed) == {a.public_txt, b.public_txt}
-        assert feed.entries[a.public_txt].public_key == a.public_key
+        assert store.ready
+        assert keys_of(store) == {a.public_txt, b.public_txt}
+        assert store.lookup(a.public_key) is not None
         put_certs(etcd, prefix, c)
-        wait_for(lambda: c.public_txt in keys_of(feed), what="a put to arrive")
+        wait_for(lambda: c.public_txt in keys_of(store), what="a put to arrive")
         delete_certs(etcd, prefix, a)
-        wait_for(lambda: a.public_txt not in keys_of(feed), what="a delete to arrive")
-        assert keys_of(feed) == {b.public_txt, c.public_txt}
+        wait_for(lambda: a.public_txt not in keys_of(store), what="a delete to arrive")
+        assert keys_of(store) == {b.public_txt, c.public_txt}
         assert source.reloads == 1
     finally:
-        source.close()
+        store.close()
 
 
 def test_changes_made_while_etcd_was_killed_and_restarted_all_arrive_without_a_reload(
@@ -84,7 +82,7 @@ def test_changes_made_while_etcd_was_killed_and_restarted_all_arrive_without_a_r
 ) -> None:
     kept = [zsec.Cert() for _ in range(10)]
     put_certs(etcd, prefix, *kept)
-    source, feed = follow(etcd.endpoint, prefix)
+    source, store = follow(etcd.endpoint, prefix)
     try:
         assert source.wait_ready(10)
         etcd.kill()  # SIGKILL
@@ -95,11 +93,11 @@ def test_changes_made_while_etcd_was_killed_and_restarted_all_arrive_without_a_r
             put_certs(etcd, prefix, cert)
         delete_certs(etcd, prefix, *kept[:5])
         expected = {c.public_txt for c in kept[5:] + added}
-        wait_for(lambda: keys_of(feed) == expected, what="every change to arrive")
+        wait_for(lambda: keys_of(store) == expected, what="every change to arrive")
         assert source.ready
         assert source.reloads == 1  # resumed from its revision, no full reload
     finally:
-        source.close()
+        store.close()
 
 
 def test_changes_made_during_a_network_cut_arrive_by_resuming_the_watch(
@@ -108,7 +106,7 @@ def test_changes_made_during_a_network_cut_arrive_by_resuming_the_watch(
     cutter = TcpCutter(etcd.client_port)
     first = zsec.Cert()
     put_certs(etcd, prefix, first)
-    source, feed = follow(cutter.endpoint, prefix)
+    source, store = follow(cutter.endpoint, prefix)
     try:
         assert source.wait_ready(10)
         cutter.cut()
@@ -117,13 +115,13 @@ def test_changes_made_during_a_network_cut_arrive_by_resuming_the_watch(
         for cert in added:
             put_certs(etcd, prefix, cert)
         delete_certs(etcd, prefix, first)
-        assert first.public_txt in keys_of(feed)  # cut off: still the last known set
+        assert first.public_txt in keys_of(store)  # cut off: still the last known set
         assert source.ready  # within max_outage
         cutter.restore()
-        wait_for(lambda: keys_of(feed) == {c.public_txt for c in added}, what="the resume")
+        wait_for(lambda: keys_of(store) == {c.public_txt for c in added}, what="the resume")
         assert source.reloads == 1
     finally:
-        source.close()
+        store.close()
         cutter.close()
 
 
@@ -131,7 +129,7 @@ def test_history_compacted_during_a_cut_forces_a_full_reload(etcd: Any, prefix: 
     cutter = TcpCutter(etcd.client_port)
     old, new = zsec.Cert(), zsec.Cert()
     put_certs(etcd, prefix, old)
-    source, feed = follow(cutter.endpoint, prefix)
+    source, store = follow(cutter.endpoint, prefix)
     try:
         assert source.wait_ready(10)
         cutter.cut()
@@ -141,12 +139,11 @@ def test_history_compacted_during_a_cut_forces_a_full_reload(etcd: Any, prefix: 
         with conn_for(etcd) as conn:
             conn.compact(revision)
         cutter.restore()
-        wait_for(lambda: keys_of(feed) == {new.public_txt}, what="the reload")
+        wait_for(lambda: keys_of(store) == {new.public_txt}, what="the reload")
         assert source.reloads == 2
-        assert feed.resets == 2
         assert source.revision >= revision
     finally:
-        source.close()
+        store.close()
         cutter.close()
 
 
@@ -155,18 +152,18 @@ def test_unreachable_at_start_refuses_everyone_then_becomes_ready(etcd: Any, pre
     cert = zsec.Cert()
     put_certs(etcd, prefix, cert)
     cutter.cut()
-    source, feed = follow(cutter.endpoint, prefix)
+    source, store = follow(cutter.endpoint, prefix)
     try:
         wait_for(lambda: source._follower.reconnects >= 1, what="a failed first connection")
-        assert not source.ready and not feed.ready
+        assert not source.ready and not store.ready
         assert "first load" in source.reason
-        assert keys_of(feed) == set()
+        assert keys_of(store) == set()
         cutter.restore()
         assert source.wait_ready(10)
-        wait_for(lambda: feed.ready, what="the feed to be told")
-        assert keys_of(feed) == {cert.public_txt}
+        wait_for(lambda: store.ready, what="the store to be ready")
+        assert keys_of(store) == {cert.public_txt}
     finally:
-        source.close()
+        store.close()
         cutter.close()
 
 
@@ -176,19 +173,19 @@ def test_an_outage_longer_than_max_outage_refuses_everyone_until_a_fresh_load(
     cutter = TcpCutter(etcd.client_port)
     revoked, kept = zsec.Cert(), zsec.Cert()
     put_certs(etcd, prefix, revoked, kept)
-    source, feed = follow(cutter.endpoint, prefix, max_outage=0.2)
+    source, store = follow(cutter.endpoint, prefix, max_outage=0.2)
     try:
         assert source.wait_ready(10)
         cutter.cut()
-        wait_for(lambda: not feed.ready, what="the outage bound to pass")
+        wait_for(lambda: not store.ready, what="the outage bound to pass")
         assert "unreachable" in source.reason
         delete_certs(etcd, prefix, revoked)
         cutter.restore()
-        wait_for(lambda: feed.ready, what="the source to be ready again")
-        assert keys_of(feed) == {kept.public_txt}
+        wait_for(lambda: store.ready, what="the source to be ready again")
+        assert keys_of(store) == {kept.public_txt}
         assert source.reloads == 2  # not ready meant: read everything again
     finally:
-        source.close()
+        store.close()
         cutter.close()
 
 
@@ -196,15 +193,15 @@ def test_keeping_the_last_known_set_is_an_explicit_choice(etcd: Any, prefix: str
     cutter = TcpCutter(etcd.client_port)
     cert = zsec.Cert()
     put_certs(etcd, prefix, cert)
-    source, feed = follow(cutter.endpoint, prefix, max_outage=None)
+    source, store = follow(cutter.endpoint, prefix, max_outage=None)
     try:
         assert source.wait_ready(10)
         cutter.cut()
         # Four failed attempts take over 0.3 s of backoff: past a short bound.
         wait_for(lambda: source._follower.failures >= 4, what="several failed reconnects")
-        assert feed.ready and keys_of(feed) == {cert.public_txt}
+        assert store.ready and keys_of(store) == {cert.public_txt}
     finally:
-        source.close()
+        store.close()
         cutter.close()
 
 
@@ -221,13 +218,13 @@ def test_entries_that_are_not_certificates_are_skipped_and_logged(
                 f"{prefix}{good.public_txt[:-1]}x".encode(): cert_text(other),
             }
         )
-    source, feed = follow(etcd.endpoint, prefix)
+    source, store = follow(etcd.endpoint, prefix)
     try:
         assert source.wait_ready(10)
-        assert keys_of(feed) == {good.public_txt}
+        assert keys_of(store) == {good.public_txt}
         assert "skipped etcd entry 'junk'" in caplog.text
     finally:
-        source.close()
+        store.close()
 
 
 @pytest.fixture(scope="module")
@@ -261,12 +258,12 @@ def test_a_read_only_user_follows_but_cannot_write(etcd_with_auth: Any) -> None:
     cert = zsec.Cert()
     with EtcdSettings((server,), user="operator", password="operator-pw").connect() as conn:
         conn.txn({f"/zsec/certs/{cert.public_txt}".encode(): cert_text(cert)})
-    source, feed = follow(server, "/zsec/certs/", user="server1", password="server1-pw")
+    source, store = follow(server, "/zsec/certs/", user="server1", password="server1-pw")
     try:
         assert source.wait_ready(10)
-        assert keys_of(feed) == {cert.public_txt}
+        assert keys_of(store) == {cert.public_txt}
     finally:
-        source.close()
+        store.close()
     reader = EtcdSettings((server,), user="server1", password="server1-pw")
     with reader.connect() as conn, pytest.raises(EtcdPermissionError) as info:
         conn.txn({b"/zsec/certs/x": b"y"})
@@ -277,14 +274,14 @@ def test_a_user_without_read_permission_gets_a_clear_error_and_trusts_nobody(
     etcd_with_auth: Any,
 ) -> None:
     server = etcd_with_auth.endpoint
-    source, feed = follow(server, "/zsec/certs/", user="nobody", password="nobody-pw")
+    source, store = follow(server, "/zsec/certs/", user="nobody", password="nobody-pw")
     try:
         wait_for(lambda: source._follower.failures >= 1, what="a refused first load")
-        assert not source.ready and not feed.ready
+        assert not source.ready and not store.ready
         assert "refused user 'nobody'" in source.reason
         assert "permission denied" in source.reason
     finally:
-        source.close()
+        store.close()
 
 
 def test_a_wrong_password_is_a_permission_error_that_does_not_echo_it(
@@ -449,14 +446,14 @@ def test_over_tls_a_client_certificate_is_the_etcd_identity(tmp_path: Any) -> No
         )
         with operator.connect() as conn:
             conn.txn({f"/zsec/certs/{cert.public_txt}".encode(): cert_text(cert)})
-        source, feed = follow(
+        source, store = follow(
             endpoint, "/zsec/certs/", ca_cert=tls["ca"], cert=tls["server1"], key=tls["server1-key"]
         )
         try:
             assert source.wait_ready(10)
-            assert keys_of(feed) == {cert.public_txt}
+            assert keys_of(store) == {cert.public_txt}
         finally:
-            source.close()
+            store.close()
         reader = EtcdSettings(
             (endpoint,), ca_cert=tls["ca"], cert=tls["server1"], key=tls["server1-key"]
         )

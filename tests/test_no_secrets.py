@@ -209,8 +209,6 @@ def test_no_secret_appears_in_the_etcd_flows(etcd_server: Any, tmp_path: Path) -
     """zsec trust, the etcd source and its errors: no secret key, no etcd password."""
     from zsec._etcd import EtcdSettings, EtcdSource
 
-    from .helpers import RecordingFeed
-
     collector = _Collector()
     root = logging.getLogger()
     old_level = root.level
@@ -246,11 +244,9 @@ def test_no_secret_appears_in_the_etcd_flows(etcd_server: Any, tmp_path: Path) -
             values = c.get_prefix(prefix.encode())[1]
         assert secret_text in values.values()  # the flow really stored one
         source = EtcdSource(endpoint, prefix=prefix)
-        feed = RecordingFeed()
-        source.start(feed)
-        source.wait_ready(10)
-        texts += [repr(source), *(repr(c) for c in feed.entries.values())]
-        source.close()
+        with zsec.CertStore(source) as store:
+            assert store.wait_ready(10)
+            texts += [repr(source), repr(store), *(repr(c) for c in store)]
         bad = EtcdSource(endpoint, prefix=prefix, user="u", password=etcd_password)
         texts.append(repr(bad))
     finally:
