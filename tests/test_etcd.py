@@ -760,3 +760,22 @@ def test_reload_reads_etcd_now_and_is_in_force_when_it_returns(etcd: Any, prefix
     finally:
         store.close()
         cutter.close()
+
+
+def test_a_key_equal_to_the_prefix_names_no_entry_and_spoils_no_revocation(
+    etcd: Any, prefix: str
+) -> None:
+    a, b = zsec.Cert(), zsec.Cert()
+    put_certs(etcd, prefix, a, b)
+    with conn_for(etcd) as conn:
+        conn.txn({prefix.encode(): cert_text(a)})
+    source, store = follow(etcd.endpoint, prefix)
+    try:
+        assert store.wait_ready(10)
+        assert keys_of(store) == {a.public_txt, b.public_txt}
+        with conn_for(etcd) as conn:  # one transaction: a revocation and the odd key
+            conn.txn({prefix.encode(): cert_text(b)}, [f"{prefix}{a.public_txt}".encode()])
+        wait_for(lambda: keys_of(store) == {b.public_txt}, what="the revocation")
+        assert source.reloads == 1
+    finally:
+        store.close()

@@ -181,8 +181,9 @@ def _is_loopback(host: str) -> bool:
 class _Compacted(Exception):
     """The revision asked for is gone from etcd's history: read everything again."""
 
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted (oldest kept: {compact_revision})")
+    def __init__(self, compact_revision: int, message: str = "") -> None:
+        kept = f" (oldest revision kept: {compact_revision})" if compact_revision else ""
+        super().__init__(message or f"the history it needs was compacted{kept}")
         self.compact_revision = compact_revision
 
 
@@ -542,7 +543,7 @@ class Follower:
                     return
                 raise EtcdUnavailable("the watch ended")
             except _Compacted as exc:
-                log.warning("%s: history %s; reading the whole prefix again", self._name, exc)
+                log.warning("%s: %s; reading the whole prefix again", self._name, exc)
                 self.revision = 0
                 continue
             except Exception as exc:  # noqa: BLE001 - the follower must outlive any failure
@@ -608,9 +609,13 @@ class Follower:
 
     def _reset(self, values: dict[bytes, bytes], revision: int) -> None:
         cut = len(self.prefix)
-        entries = {k[cut:].decode("utf-8", "replace"): v for k, v in values.items()}
+        # The key equal to the prefix itself names no entry.
+        entries = {
+            k[cut:].decode("utf-8", "surrogateescape"): v for k, v in values.items() if k[cut:]
+        }
         self.reloads += 1
-        self._safely(self._on_reset, entries)
+        if not self._safely(self._on_reset, entries):
+            raise EtcdError(f"{self._name}: the snapshot could not be applied; retrying")
         self.revision = revision
         log.info("%s: loaded %d entries at revision %d", self._name, len(entries), revision)
 
@@ -623,15 +628,18 @@ class Follower:
                 # After refresh() the watch may replay what the snapshot holds.
                 if event.revision <= self.revision:
                     continue
-                name = event.key[cut:].decode("utf-8", "replace")
+                name = event.key[cut:].decode("utf-8", "surrogateescape")
+                if not name:
+                    continue
                 if event.value is None:
                     put.pop(name, None)
                     deleted[name] = None
                 else:
                     deleted.pop(name, None)
                     put[name] = event.value
-            if put or deleted:
-                self._safely(self._on_update, put, list(deleted))
+            if (put or deleted) and not self._safely(self._on_update, put, list(deleted)):
+                # Never guess: a change that was not applied means reading everything again.
+                raise _Compacted(0, "a change could not be applied")
             self.revision = max(self.revision, batch[-1].revision)
 
     def _set_ready(self, ready: bool, reason: str) -> None:
@@ -646,11 +654,13 @@ class Follower:
         if ready:
             self._ready_event.set()  # after the consumer knows
 
-    def _safely(self, callback: Callable[..., None], *args: Any) -> None:
+    def _safely(self, callback: Callable[..., None], *args: Any) -> bool:
         try:
             callback(*args)
         except Exception:
             log.exception("%s: a consumer callback failed", self._name)
+            return False
+        return True
 
 
 # -- certificates --------------------------------------------------------------
@@ -846,7 +856,11 @@ def check_user_entry(username: str, entry: bytes) -> bytes:
 
     Raises ``PasswordError``; the message never contains the entry.
     """
-    check_username(username.encode("utf-8"))
+    try:
+        raw = username.encode("utf-8")
+    except UnicodeEncodeError:  # a key that was not UTF-8 (decoded with surrogateescape)
+        raise PasswordError("a username must be UTF-8 text") from None
+    check_username(raw)
     if not entry.startswith(_HASH_PREFIXES) or len(entry) > 512 or b"\n" in entry:
         raise PasswordError(
             f"the etcd entry for user {username!r} must be an argon2 hash string "
