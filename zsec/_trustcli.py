@@ -148,7 +148,7 @@ def _trust_dir(directory: str, stdout: TextIO) -> dict[str, Cert]:
                 continue
             path = os.path.join(root, name)
             try:
-                cert = _load_public(path)
+                cert = _load_public(path, stdout)
             except (CertificateError, FileAccessError) as exc:
                 stdout.write(f"Skipped {path}: {exc}\n")
                 continue
