@@ -568,7 +568,9 @@ def test_three_server_processes_all_refuse_a_key_revoked_by_one_write(
 def test_plain_users_in_etcd_are_checked_and_followed_and_clear_text_is_ignored(
     etcd: Any, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from .helpers import fast_hash
+    from zsec._zap import Policy
+
+    from .helpers import decide, fast_hash, req
 
     with conn_for(etcd) as conn:
         conn.txn(
@@ -583,6 +585,9 @@ def test_plain_users_in_etcd_are_checked_and_followed_and_clear_text_is_ignored(
         assert users.check(b"admin", b"admin-pw") == b""
         assert users.check(b"admin", b"guess") == b"wrong password"
         assert users.check(b"careless", b"Clear-Text-Value-9") == b"unknown user"
+        policy = Policy(plain={"*": users})  # what the authenticator decides with
+        for password, status in ((b"admin-pw", b"200"), (b"guess", b"400")):
+            assert decide(policy, req(b"PLAIN", b"admin", password)).status_code == status
         assert "ignored etcd user entry 'careless'" in caplog.text
         assert "Clear-Text-Value-9" not in caplog.text
         version = users.version
