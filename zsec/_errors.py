@@ -17,8 +17,8 @@ Every error zsec raises on purpose is defined here::
     ├── FileAccessError (OSError)        a file that cannot be read, written or found
     ├── AuthError (RuntimeError)         an authenticator that cannot start or is stopped
     ├── EtcdError (OSError)              etcd failed a request or cannot be used
-    │   ├── EtcdUnavailable (ConnectionError)   no etcd endpoint answered in time
-    │   └── EtcdPermissionError (PermissionError) etcd refused the user, password or role
+    │   ├── EtcdUnavailable (ConnectionError)      no etcd endpoint answered in time
+    │   └── EtcdPermissionError (PermissionError)  etcd refused the user, password or role
     └── HandshakeTimeout (TimeoutError)  no handshake outcome before the deadline
 
 No message contains a password or a secret key.
