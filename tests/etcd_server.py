@@ -67,6 +67,7 @@ class EtcdServer:
         self.fsync = fsync
         self._own_dir = data_dir is None
         self.dir = data_dir or tempfile.mkdtemp(prefix="zsec-etcd-")
+        os.makedirs(self.dir, exist_ok=True)
         self.client_port = free_port()
         self.peer_port = free_port()
         self.extra_args = list(extra_args)

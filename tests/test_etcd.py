@@ -784,3 +784,31 @@ def test_a_key_equal_to_the_prefix_names_no_entry_and_spoils_no_revocation(
         assert source.reloads == 1
     finally:
         store.close()
+
+
+def test_an_etcd_replaced_by_an_older_one_is_read_again_not_trusted_blindly(
+    tmp_path: Any, prefix: str
+) -> None:
+    import shutil
+
+    from .etcd_server import EtcdServer
+
+    server = EtcdServer(str(tmp_path / "etcd")).start()
+    try:
+        old = [zsec.Cert() for _ in range(5)]
+        for cert in old:  # several revisions the new etcd will not have
+            put_certs(server, prefix, cert)
+        source, store = follow(server.endpoint, prefix)
+        try:
+            assert store.wait_ready(10)
+            server.kill()
+            shutil.rmtree(tmp_path / "etcd" / "data")  # a wiped member, as after a bad restore
+            server.start()
+            new = zsec.Cert()
+            put_certs(server, prefix, new)
+            wait_for(lambda: keys_of(store) == {new.public_txt}, what="the new etcd's set")
+            assert source.reloads == 2
+        finally:
+            store.close()
+    finally:
+        server.stop()

@@ -368,7 +368,7 @@ class WatchStream:
     """An etcd watch on a prefix: iterate it for batches of ``Event`` in revision order.
 
     The first batch is empty: it means the watch was created (etcd accepted
-    the start revision). Iteration raises ``_Compacted`` when the start
+    the start revision), and ``created_revision`` is then etcd's revision. Iteration raises ``_Compacted`` when the start
     revision is gone, ``EtcdError`` when the stream ends; ``cancel()`` ends
     it from another thread. The watch asks etcd to cancel it when its member
     loses the cluster leader (etcd's ``hasleader`` metadata), so a member cut
@@ -380,6 +380,7 @@ class WatchStream:
         self._conn = conn
         self._done = threading.Event()
         self._cancelled = False
+        self.created_revision = 0  # etcd's revision when the watch was created
         create = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(
                 key=prefix, range_end=prefix_end(prefix), start_revision=start_revision
@@ -414,6 +415,7 @@ class WatchStream:
                         )
                     raise EtcdUnavailable(f"etcd {self._conn.endpoint} ended the watch: {reason}")
                 if reply.created:
+                    self.created_revision = int(reply.header.revision)
                     yield []
                     continue
                 if reply.events:
@@ -533,6 +535,14 @@ class Follower:
                 if self._stop.is_set():
                     stream.cancel()
                 for batch in self._first_within(stream, self.settings.timeout):
+                    if not batch and stream.created_revision < self.revision:
+                        # etcd is behind what we applied: restored from an older
+                        # backup, or replaced. Its history is not ours: read it all.
+                        raise _Compacted(
+                            0,
+                            f"etcd is at revision {stream.created_revision}, behind "
+                            f"the {self.revision} applied here",
+                        )
                     if lost_since is not None or not self.ready:
                         lost_since = None
                         backoff = _MIN_BACKOFF
