@@ -368,9 +368,10 @@ class WatchStream:
     """An etcd watch on a prefix: iterate it for batches of ``Event`` in revision order.
 
     The first batch is empty: it means the watch was created (etcd accepted
-    the start revision), and ``created_revision`` is then etcd's revision. Iteration raises ``_Compacted`` when the start
-    revision is gone, ``EtcdError`` when the stream ends; ``cancel()`` ends
-    it from another thread. The watch asks etcd to cancel it when its member
+    the start revision), and ``created_revision`` is then etcd's revision.
+    Iteration raises ``_Compacted`` when the start revision is gone,
+    ``EtcdError`` when the stream ends; ``cancel()`` ends it from another
+    thread. The watch asks etcd to cancel it when its member
     loses the cluster leader (etcd's ``hasleader`` metadata), so a member cut
     off by a partition cannot keep feeding stale silence.
     """
