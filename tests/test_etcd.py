@@ -812,3 +812,19 @@ def test_an_etcd_replaced_by_an_older_one_is_read_again_not_trusted_blindly(
             store.close()
     finally:
         server.stop()
+
+
+def test_a_dead_endpoint_is_skipped_for_the_next_one(etcd: Any, prefix: str) -> None:
+    from .etcd_server import free_port
+
+    cert = zsec.Cert()
+    put_certs(etcd, prefix, cert)
+    dead = f"127.0.0.1:{free_port()}"
+    for endpoints in ([dead, etcd.endpoint], [etcd.endpoint, dead]):
+        source, store = follow(",".join(endpoints), prefix, timeout=1)
+        try:
+            assert store.wait_ready(10)
+            assert keys_of(store) == {cert.public_txt}
+            assert etcd.endpoint in source.describe() and dead in source.describe()
+        finally:
+            store.close()
