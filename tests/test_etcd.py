@@ -828,3 +828,17 @@ def test_a_dead_endpoint_is_skipped_for_the_next_one(etcd: Any, prefix: str) -> 
             assert etcd.endpoint in source.describe() and dead in source.describe()
         finally:
             store.close()
+
+
+def test_trust_uses_the_first_endpoint_that_answers(etcd: Any, prefix: str) -> None:
+    import io
+
+    from zsec.cli import main
+
+    from .etcd_server import free_port
+
+    out = io.StringIO()
+    endpoints = f"127.0.0.1:{free_port()},{etcd.endpoint}"
+    argv = ["trust", "list", "--endpoints", endpoints, "--prefix", prefix, "--timeout", "1"]
+    assert main(argv, stdout=out) == 0
+    assert "0 trusted certificate(s)" in out.getvalue()

@@ -281,10 +281,13 @@ class EtcdConnection:
 
     # -- reads -----------------------------------------------------------------
 
-    def revision(self) -> int:
-        """etcd's current revision (a linearizable read)."""
-        reply = self._call(self._kv.Range, self._rpc.RangeRequest(key=b"\0", limit=1))
-        return int(reply.header.revision)
+    def revision(self, prefix: bytes = b"\0") -> int:
+        """etcd's current revision, from a linearizable count of the keys under ``prefix``.
+
+        Counting under a prefix lets a role limited to that prefix ask.
+        """
+        request = self._rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True)
+        return int(self._call(self._kv.Range, request).header.revision)
 
     def get_prefix(self, prefix: bytes, page: int = _PAGE) -> tuple[int, dict[bytes, bytes]]:
         """Every key under ``prefix`` as one consistent snapshot: (revision, {key: value}).

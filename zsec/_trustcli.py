@@ -17,7 +17,13 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from ._cert import MAX_CERT_BYTES, Cert
-from ._errors import CertificateError, FileAccessError, KeyFormatError, ZsecError
+from ._errors import (
+    CertificateError,
+    EtcdUnavailable,
+    FileAccessError,
+    KeyFormatError,
+    ZsecError,
+)
 from ._etcd import (
     DEFAULT_CERT_PREFIX,
     DEFAULT_MAX_TXN_OPS,
@@ -69,7 +75,18 @@ def _connect(args: argparse.Namespace, stdin: TextIO) -> EtcdConnection:
         password=password,
         timeout=args.timeout,
     )
-    return settings.connect()
+    # The first endpoint that answers; a write to a dead one would just fail.
+    problem: EtcdUnavailable | None = None
+    for index in range(len(settings.endpoints)):
+        conn = settings.connect(index)
+        try:
+            conn.revision(args.prefix.encode())
+            return conn
+        except EtcdUnavailable as exc:
+            conn.close()
+            problem = exc
+    assert problem is not None
+    raise problem
 
 
 def _name(prefix: str, cert: Cert) -> bytes:
