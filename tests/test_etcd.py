@@ -842,3 +842,27 @@ def test_trust_uses_the_first_endpoint_that_answers(etcd: Any, prefix: str) -> N
     argv = ["trust", "list", "--endpoints", endpoints, "--prefix", prefix, "--timeout", "1"]
     assert main(argv, stdout=out) == 0
     assert "0 trusted certificate(s)" in out.getvalue()
+
+
+def test_the_authenticator_checks_plain_logins_against_etcd(
+    etcd: Any, prefix: str, ctx: Any
+) -> None:
+    from .helpers import fast_hash, login, serve
+
+    with conn_for(etcd) as conn:
+        conn.txn({f"{prefix}admin".encode(): fast_hash(b"admin-pw")})
+    users = zsec.EtcdPasswords(etcd.endpoint, prefix=prefix)
+    with zsec.Auth(ctx) as auth:
+        try:
+            assert users.wait_ready(10)
+            auth.configure_plain("*", users)
+            server, endpoint = serve(ctx, zsec.plain_server)
+            assert login(ctx, endpoint, "admin", "admin-pw").ok
+            assert login(ctx, endpoint, "admin", "guess").zap_status == 400
+            with conn_for(etcd) as conn:  # the operator removes admin: fleet-wide
+                conn.txn(deletes=[f"{prefix}admin".encode()])
+            wait_for(lambda: "admin" not in users, what="the removal")
+            assert login(ctx, endpoint, "admin", "admin-pw").zap_status == 400
+            server.close()
+        finally:
+            users.close()
