@@ -718,10 +718,10 @@ def cert_from_entry(name: str, value: bytes) -> Cert:
 class EtcdSource(TrustSource):
     """Trusted public certificates kept in etcd under a prefix, followed live.
 
-    ``zsec.CertStore(EtcdSource(...))`` (or ``Auth.configure_curve(domain,
-    source)``) trusts every certificate under ``prefix`` (default
-    ``/zsec/certs/``): one key per certificate, named after its Z85 public
-    key, whose value is the public certificate text. Lookups stay dict hits
+    ``zsec.CertStore(EtcdSource(...))``, given to ``Auth.configure_curve``,
+    trusts every certificate under ``prefix`` (default ``/zsec/certs/``):
+    one key per certificate, named after its Z85 public key, whose value is
+    the public certificate text. Lookups stay dict hits
     in the store; changes arrive by watch within milliseconds, and none is
     missed across disconnects (see ``Follower``).
 
