@@ -72,7 +72,8 @@ def start_etcd(data_dir: str) -> tuple[subprocess.Popen, str]:
                 if b'"true"' in reply.read():
                     return proc, client.removeprefix("http://")
         except OSError:
-            time.sleep(0.02)
+            pass
+        time.sleep(0.02)
     proc.kill()
     raise RuntimeError("etcd did not start")
 
