@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 import zsec
 from zsec import _zpl
-from zsec._zpl import MAX_ZPL_BYTES, dumps, format_value, loads
+from zsec._zpl import MAX_ZPL_BYTES, MAX_ZPL_LINES, dumps, format_value, loads
 
 from .helpers import CZMQ_FIXTURES
 
@@ -212,3 +214,82 @@ def test_zpl_errors_do_not_quote_the_file() -> None:
             zsec._zpl.loads(text)
         assert kind in str(info.value)
         assert text[0] not in str(info.value) or text[0] == "n"
+
+
+def _reference_value(text: str) -> str | None:
+    """The value after ``=`` read the plain way (None: no closing quote), for comparison."""
+    text = text.lstrip(" \t")
+    if not text or text[0] not in "\"'":
+        return text.split("#", 1)[0].rstrip(" \t")
+    for end in range(1, len(text)):
+        if text[end] == text[0]:
+            tail = text[end + 1 :].lstrip(" \t")
+            if not tail or tail[0] == "#":
+                return text[1:end]
+    return None
+
+
+_value_alphabet = st.sampled_from(['"', "'", " ", "\t", "#", "a", "=", "é"])
+
+
+@given(st.lists(_value_alphabet, max_size=40).map("".join))
+def test_values_read_as_the_plain_reference_reads_them(value: str) -> None:
+    expected = _reference_value(value)
+    if expected is None:
+        with pytest.raises(zsec.ZplError, match="no closing"):
+            loads(f"name ={value}\n")
+    else:
+        assert loads(f"name ={value}\n").get("name") == expected
+
+
+def test_a_megabyte_certificate_of_quotes_is_still_read_exactly() -> None:
+    # Issue 9, item 3: a valid certificate whose metadata value is a run of
+    # quotes, at the size cap (it took 15 s to read when each quote was
+    # tried with a rescan of the rest of the line).
+    head, tail = 'metadata\n    name = "', f'"\ncurve\n    public-key = "{KEY}"\n'
+    value = '"' * (MAX_ZPL_BYTES - len(head) - len(tail))
+    data = (head + value + tail).encode()
+    assert len(data) == MAX_ZPL_BYTES
+    cert = zsec.Cert.from_bytes(data)
+    assert cert.meta("name") == value and cert.public_txt == KEY
+
+
+def _python_lines_run(text: str) -> int:
+    """How many lines of zsec/_zpl.py run while parsing ``text`` (work done in Python)."""
+    count = 0
+
+    def trace(frame: Any, event: str, arg: object) -> Any:
+        nonlocal count
+        if frame.f_code.co_filename != _zpl.__file__:
+            return None
+        if event == "line":
+            count += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        with contextlib.suppress(zsec.ZplError):
+            loads(text)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ['"', "'", '" x', "' x", '"  \tx', '" #', "#", "a", " ", '"=\'#"'],
+    ids=repr,
+)
+def test_reading_a_line_does_no_python_work_per_character(unit: str) -> None:
+    # Linear time at C speed: a value a hundred times longer runs the same
+    # Python lines, so no shape of line can make the reader loop per character.
+    short, long = (f'name = "{unit * n}"\n' for n in (10, 1000))
+    assert _python_lines_run(short) == _python_lines_run(long)
+
+
+def test_line_cap() -> None:
+    assert len(loads("a = b\n" * MAX_ZPL_LINES).children) == MAX_ZPL_LINES
+    assert len(loads("a = b\r\n" * (MAX_ZPL_LINES - 1) + "a = b").children) == MAX_ZPL_LINES
+    for text in ("a = b\n" * (MAX_ZPL_LINES + 1), "#\r" * MAX_ZPL_LINES + "a"):
+        with pytest.raises(zsec.ZplError, match=f"more than {MAX_ZPL_LINES} lines"):
+            loads(text)
