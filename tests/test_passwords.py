@@ -489,3 +489,18 @@ def test_a_missing_password_file_is_named_once_in_plain_words(
         assert passwords.check(b"admin", b"pw") == b"password file unavailable"
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert said == [f"password file {path} does not exist; nobody is admitted until it is fixed"]
+
+
+def test_an_entry_with_limits_libsodium_refuses_gets_no_decoy_and_breaks_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # argon2i needs at least 3 passes: a string claiming 1 (another tool's,
+    # or edited) cannot be imitated, which is said once, and checks go on.
+    odd = _argon2(b"pw", "argon2i", 3, 8).replace(b",t=3,", b",t=1,")
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"odd=" + odd + b"\nplain=clear\n")
+    passwords = PasswordFile(path)
+    assert passwords.check(b"nobody", b"pw") == b"unknown user"
+    assert passwords.check(b"odd", b"pw") == b"wrong password"
+    assert passwords.check(b"plain", b"clear") == b""
+    assert "no decoy for argon2 entries with t=1, m=8 KiB" in caplog.text
