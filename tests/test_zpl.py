@@ -216,30 +216,80 @@ def test_zpl_errors_do_not_quote_the_file() -> None:
         assert text[0] not in str(info.value) or text[0] == "n"
 
 
-def _reference_value(text: str) -> str | None:
-    """The value after ``=`` read the plain way (None: no closing quote), for comparison."""
-    text = text.lstrip(" \t")
-    if not text or text[0] not in "\"'":
-        return text.split("#", 1)[0].rstrip(" \t")
-    for end in range(1, len(text)):
-        if text[end] == text[0]:
-            tail = text[end + 1 :].lstrip(" \t")
-            if not tail or tail[0] == "#":
-                return text[1:end]
-    return None
+def _reference_loads(text: str) -> list[tuple[int, str, str | None]]:
+    """The plain reading of a document: (depth, name, value) per property, or ZplError.
+
+    Each quote is tried in turn, rescanning the rest of the line: quadratic,
+    but obviously what the grammar says; fine for small inputs.
+    """
+    out: list[tuple[int, str, str | None]] = []
+    depth_now = -1
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", text.removeprefix("\ufeff")), 1):
+        body = line.lstrip(" ")
+        if not body.strip(" \t") or body[0] == "#":
+            continue
+        indent = len(line) - len(body)
+        if indent % 4 or indent // 4 > depth_now + 1:
+            raise zsec.ZplError("indentation", number)
+        name = re.match(r"[A-Za-z0-9$\-_@.&+/]+", body)
+        if name is None:
+            raise zsec.ZplError("name", number)
+        rest = body[name.end() :].lstrip(" \t")
+        value: str | None = None
+        if rest and rest[0] == "=":
+            value = rest[1:].lstrip(" \t")
+            if value[:1] in ("'", '"'):
+                for end in range(1, len(value) + 1):
+                    if end == len(value):
+                        raise zsec.ZplError("no closing quote", number)
+                    tail = value[end + 1 :].lstrip(" \t")
+                    if value[end] == value[0] and (not tail or tail[0] == "#"):
+                        value = value[1:end]
+                        break
+            else:
+                value = value.split("#", 1)[0].rstrip(" \t")
+        elif rest and rest[0] != "#":
+            raise zsec.ZplError("junk after the name", number)
+        depth_now = indent // 4
+        out.append((depth_now, name.group(), value))
+    return out
 
 
-_value_alphabet = st.sampled_from(['"', "'", " ", "\t", "#", "a", "=", "é"])
+def _flatten(node: _zpl.ZplNode, depth: int = 0) -> list[tuple[int, str, str | None]]:
+    out = []
+    for child in node.children:
+        out.append((depth, child.name, child.value))
+        out += _flatten(child, depth + 1)
+    return out
 
 
-@given(st.lists(_value_alphabet, max_size=40).map("".join))
-def test_values_read_as_the_plain_reference_reads_them(value: str) -> None:
-    expected = _reference_value(value)
-    if expected is None:
-        with pytest.raises(zsec.ZplError, match="no closing"):
-            loads(f"name ={value}\n")
+_doc_alphabet = st.sampled_from(
+    ['"', "'", " ", "    ", "\t", "#", "a", "b", "=", "\n", "\r\n", "\r", "é", "\x00"]
+)
+
+
+@given(st.lists(_doc_alphabet, max_size=60).map("".join))
+def test_documents_read_as_the_plain_reference_reads_them(text: str) -> None:
+    try:
+        expected = _reference_loads(text)
+    except zsec.ZplError as exc:
+        with pytest.raises(zsec.ZplError) as caught:
+            loads(text)
+        assert caught.value.line == exc.line
     else:
-        assert loads(f"name ={value}\n").get("name") == expected
+        assert _flatten(loads(text)) == expected
+
+
+@given(st.lists(st.sampled_from(['"', "'", " ", "\t", "#", "a", "=", "é"]), max_size=40))
+def test_values_read_as_the_plain_reference_reads_them(parts: list[str]) -> None:
+    text = "name =" + "".join(parts)
+    try:
+        expected = _reference_loads(text)
+    except zsec.ZplError:
+        with pytest.raises(zsec.ZplError, match="no closing"):
+            loads(text)
+    else:
+        assert _flatten(loads(text)) == expected
 
 
 def test_a_megabyte_certificate_of_quotes_is_still_read_exactly() -> None:
