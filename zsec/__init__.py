@@ -25,6 +25,8 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
+from ._guard import REVOKED_REPLY, AsyncGuardedSocket, Cut, GuardedSocket
+from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
 from ._passwords import PasswordFile, PasswordTable
 from ._sockets import (
@@ -34,7 +36,8 @@ from ._sockets import (
     plain_client,
     plain_server,
 )
-from ._store import CertStore, StoreChange
+from ._source import TrustFeed, TrustSource
+from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import CURVE_ALLOW_ANY, Policy, ZapReply, ZapRequest
 
@@ -42,15 +45,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CURVE_ALLOW_ANY",
+    "REVOKED_REPLY",
     "ZAP_ENDPOINT",
     "AddressError",
+    "AsyncGuardedSocket",
     "Auth",
     "AuthError",
     "Cert",
     "CertStore",
     "CertificateError",
+    "Cut",
     "FailureLimiter",
     "FileAccessError",
+    "GuardedSocket",
     "Handshake",
     "HandshakeMonitor",
     "HandshakeTimeout",
@@ -63,6 +70,8 @@ __all__ = [
     "Policy",
     "SocketConfigError",
     "StoreChange",
+    "TrustFeed",
+    "TrustSource",
     "ZapError",
     "ZapReply",
     "ZapRequest",

@@ -195,6 +195,15 @@ class Cert:
         # Certificates shared through a CertStore are read by other threads.
         self._frozen = True
 
+    def _trusted_copy(self) -> Cert:
+        """A read-only copy without the secret key, as a trust store keeps it (or self)."""
+        if self._frozen and self._secret is None:
+            return self
+        cert = self._new(self._public, None, dict(self._meta))
+        cert._public_txt = self._public_txt
+        cert._frozen = True
+        return cert
+
     def _check_mutable(self) -> None:
         if self._frozen:
             raise CertificateError(

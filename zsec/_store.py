@@ -8,6 +8,7 @@ events and swaps in a new snapshot. Nothing here knows about sockets or ZAP.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -16,14 +17,15 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ._cert import MAX_CERT_BYTES, Cert, fast_fields, public_cert
 from ._errors import CertificateError, FileAccessError, ZsecError, ZsecTypeError, ZsecValueError
 from ._files import fspath
+from ._index import KeyIndex, StoreChange, describe_change
 from ._keys import KEY_BYTES, coerce_key, z85_decode_keys
+from ._source import TrustFeed, TrustSource
 
 log = logging.getLogger("zsec.store")
 
@@ -35,23 +37,6 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
 _TRUSTED_UIDS = (0, os.geteuid()) if hasattr(os, "geteuid") else (0,)
 _POLLING_SECONDS = 0.5
 _LINK_CHECK_SECONDS = 0.5
-
-
-@dataclass(frozen=True)
-class StoreChange:
-    """What one update did to a store; passed to the ``on_change`` callback.
-
-    ``added`` and ``removed`` hold certificates whose keys became trusted or
-    stopped being trusted; ``updated`` holds keys still trusted whose
-    certificate (metadata) changed.
-    """
-
-    added: tuple[Cert, ...] = ()
-    removed: tuple[Cert, ...] = ()
-    updated: tuple[Cert, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.updated)
 
 
 def _skipped_name(name: str) -> bool:
@@ -113,6 +98,8 @@ class CertStore:
         if not 0 < self._audit_interval < math.inf:
             raise ZsecValueError("audit_interval must be a positive, finite number of seconds")
         self._lock = threading.RLock()
+        self._pending: collections.deque[StoreChange] = collections.deque()
+        self._delivering = threading.Lock()
         self._snapshot: dict[bytes, Cert] = {}
         self._inserted: dict[bytes, Cert] = {}
         self._paths: dict[str, Cert] = {}
@@ -136,7 +123,25 @@ class CertStore:
         self.observer_kind = "none"
         # Only the native observer reports a finished write (IN_CLOSE_WRITE).
         self._native_closes_missing = True
+        # Interim: a TrustSource feeds an index beside the directory machinery.
+        self._index = KeyIndex()
+        self._source: TrustSource | None = None
+        self._ready = True
+        self._ready_cond = threading.Condition(self._lock)
+        self._describe = "memory"
         if location is None:
+            return
+        if isinstance(location, TrustSource):
+            self._source = location
+            self._ready = False
+            self._describe = location.describe()
+            finalizer = weakref.finalize(self, location.close)
+            try:
+                location.start(TrustFeed(weakref.ref(self)))
+            except BaseException:
+                finalizer()
+                raise
+            self._finalizer = finalizer
             return
         root = os.path.abspath(fspath(location, "certificate store location"))
         try:
@@ -154,6 +159,7 @@ class CertStore:
         try:
             with self._lock:
                 self._full_scan()
+            self._deliver()
             self._worker = threading.Thread(
                 target=self._run, name=f"zsec-certstore:{os.path.basename(root)}", daemon=True
             )
@@ -184,6 +190,60 @@ class CertStore:
         return iter(list(self._snapshot.values()))
 
     @property
+    def ready(self) -> bool:
+        """Whether the store's source is in step with its truth (always True in memory)."""
+        return self._ready and not self._closed
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the store is ready, at most ``timeout`` seconds; return ``ready``."""
+        with self._ready_cond:
+            self._ready_cond.wait_for(lambda: self._ready or self._closed, timeout)
+            return self.ready
+
+    # -- feeding (TrustFeed calls these; any thread) ---------------------------
+
+    def _feed_reset(self, entries: Mapping[str, object]) -> None:
+        clean = _trusted_entries(entries)
+        with self._lock:
+            if self._closed:
+                return
+            new, keys = self._index.reset(clean)
+            self._swap(new, keys)
+        self._deliver()
+
+    def _feed_update(self, put: Mapping[str, object], delete: Iterable[str]) -> None:
+        clean = _trusted_entries(put)
+        gone = [_entry_name(name) for name in delete]
+        with self._lock:
+            if self._closed:
+                return
+            new, keys = self._index.update(clean, gone)
+            self._swap(new, keys)
+        self._deliver()
+
+    def _feed_ready(self, ready: bool, reason: str) -> None:
+        with self._lock:
+            if self._closed or ready == self._ready:
+                return
+            self._ready = ready
+            self._snapshot = self._index.table if ready else dict(self._index.inserted)
+            self._ready_cond.notify_all()
+        if ready:
+            log.info("certificate store %s is ready", self._describe)
+        else:
+            log.warning(
+                "certificate store %s is not ready (%s): its keys are refused until it is",
+                self._describe,
+                reason or "no reason given",
+            )
+
+    def _swap(self, new: KeyIndex, keys: set[bytes]) -> None:
+        old, self._index = self._index, new
+        self._snapshot = new.table if self._ready else dict(new.inserted)
+        if self._listeners and keys:
+            self._notify(describe_change(old, new, keys, self._describe))
+
+    @property
     def location(self) -> str | None:
         """The absolute directory path, or None for an in-memory store."""
         return self._root
@@ -203,15 +263,24 @@ class CertStore:
         copy._freeze()
         with self._lock:
             self._check_open()
-            self._inserted[copy.public_key] = copy
-            self._publish({copy.public_key})
+            if self._source is not None:
+                self._swap(*self._index.insert(copy))
+            else:
+                self._inserted[copy.public_key] = copy
+                self._publish({copy.public_key})
+        self._deliver()
 
     def reload(self) -> None:
         """Rescan the whole directory now; in force when this returns."""
+        if self._source is not None:
+            self._check_open()
+            self._source.refresh()
+            return
         with self._lock:
             self._check_open()
             if self._root is not None:
                 self._full_scan()
+        self._deliver()
 
     def close(self) -> None:
         """Stop watching and empty the store, so nothing stays trusted by a closed store.
@@ -227,13 +296,15 @@ class CertStore:
             self._paths.clear()
             self._holders.clear()
             self._inserted.clear()
+        if self._source is not None:
+            self._finalizer()
         self._stop_observer()
         if self._worker is not None:
             self._events.put(None)
             if self._worker is not threading.current_thread():
                 self._worker.join(timeout=5)
         _live_stores.discard(self)
-        self._notify(StoreChange(removed=tuple(old.values())))
+        del old
 
     def __enter__(self) -> CertStore:
         return self
@@ -242,7 +313,7 @@ class CertStore:
         self.close()
 
     def __repr__(self) -> str:
-        where = self._root or "memory"
+        where = self._root or self._describe
         state = " closed" if self._closed else ""
         return f"<CertStore {where} certs={len(self._snapshot)}{state}>"
 
@@ -334,6 +405,7 @@ class CertStore:
                     if self._closed:
                         return
                     self._apply_events(batch)  # type: ignore[arg-type]
+                self._deliver()
             except Exception:
                 # The watcher must outlive any surprise; a full rescan puts the
                 # store back in step with the directory.
@@ -342,6 +414,7 @@ class CertStore:
                     with self._lock:
                         if not self._closed:
                             self._full_scan()
+                    self._deliver()
                 except Exception:
                     log.exception("certificate store %s: rescan failed", self._root)
 
@@ -836,16 +909,49 @@ class CertStore:
                 added.append(after)
             elif before is not after and before._meta != after._meta:
                 updated.append(after)
-        self._notify(StoreChange(tuple(added), tuple(removed), tuple(updated)))
+        self._notify(
+            StoreChange(tuple(added), tuple(removed), tuple(updated), self._root or "memory")
+        )
 
     def _notify(self, change: StoreChange) -> None:
-        if not change:
-            return
-        for listener in self._listeners:
+        # Called under the lock: queue it; _deliver runs the listeners after
+        # the lock is released, in the order the changes were made.
+        if change:
+            self._pending.append(change)
+
+    def _deliver(self) -> None:
+        # One thread at a time delivers, in order. A thread that finds another
+        # delivering (or is itself delivering: a listener that inserts) leaves
+        # its change queued for that one, which looks again after letting go.
+        while self._pending:
+            if not self._delivering.acquire(blocking=False):
+                return
             try:
-                listener(change)
-            except Exception:
-                log.exception("certificate store listener failed")
+                while self._pending:
+                    change = self._pending.popleft()
+                    for listener in self._listeners:
+                        try:
+                            listener(change)
+                        except Exception:
+                            log.exception("certificate store listener failed")
+            finally:
+                self._delivering.release()
+
+
+def _entry_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ZsecTypeError(f"a trust entry name must be a non-empty str, not {name!r}")
+    return name
+
+
+def _trusted_entries(entries: Mapping[str, object]) -> dict[str, Cert]:
+    """Check a feed's entries and keep a read-only public copy of each certificate."""
+    clean: dict[str, Cert] = {}
+    for name, cert in entries.items():
+        if not isinstance(cert, Cert):
+            raise ZsecTypeError(f"trust entry {name!r} must be a Cert, not {type(cert).__name__}")
+        clean[_entry_name(name)] = cert._trusted_copy()
+    return clean
 
 
 def _target_signature(path: str) -> tuple[int, ...] | None:
