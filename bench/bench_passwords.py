@@ -99,8 +99,11 @@ def _measure(kind: str, path: Path, rounds: int, fixed: bool) -> tuple[list[floa
             users = itertools.cycle(f"user{n}" for n in range(USERS))
             _handshake_seconds(ctx, endpoint, "warm-up")  # first-use costs out of the way
             for n in range(rounds):
-                known.append(_handshake_seconds(ctx, endpoint, next(users)))
-                unknown.append(_handshake_seconds(ctx, endpoint, f"stranger{n}"))
+                # Alternate which goes first, so drift in the machine's load
+                # falls on both sides alike.
+                pair = [(known, next(users)), (unknown, f"stranger{n}")]
+                for samples, user in pair if n % 2 else pair[::-1]:
+                    samples.append(_handshake_seconds(ctx, endpoint, user))
             server.close()
     finally:
         ctx.destroy(linger=0)
