@@ -5,7 +5,8 @@ Run: .venv/bin/python bench/bench_parse.py [--runs N]
 Each shape is a document of just under ``MAX_ZPL_BYTES`` (1 MiB) built to
 hit one part of the reader: runs of quotes that are not closing quotes,
 comment characters, one long line, deep indentation, many short lines.
-Prints the median and the worst of ``--runs`` parses per shape, and the
+Prints the median, the fastest and the slowest of ``--runs`` parses per
+shape (on a busy machine the fastest is the best estimate of the work), and the
 ratio to a bare baseline over the same bytes (decode, split into lines,
 and one scan of each line), so a machine's speed cancels out. The goal is
 well under 50 ms for every shape.
@@ -84,8 +85,15 @@ CURVE = f'curve\n    public-key = "{KEY}"\n'
 
 
 def _cert_lines(line: str, curve: str = CURVE) -> bytes:
-    """A certificate with as many metadata lines ``line`` as both caps allow."""
-    count = min(MAX_ZPL_LINES - 5, (CAP - 100) // len(line))
+    """A certificate with as many copies of ``line`` as the line cap allows, widened to fill
+    the byte cap (inside the quotes for a value line, else by repeating its last character).
+    """
+    count = MAX_ZPL_LINES - 5
+    width = (CAP - 100) // count
+    if line.endswith('"\n'):
+        line = line[:-2] + "v" * (width - len(line)) + '"\n'
+    else:
+        line = line[:-1] + line[-2] * (width - len(line)) + "\n"
     return ("metadata\n" + line * count + curve).encode()
 
 
@@ -134,8 +142,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     print(f"ZPL parse at the size cap ({CAP} bytes), {args.runs} runs per shape")
-    print(f"{'shape':36} {'bytes':>8} {'median ms':>10} {'max ms':>8} {'bare ms':>8} {'ratio':>6}")
-    worst = 0.0
+    print(
+        f"{'shape':36} {'bytes':>8} {'median ms':>10} {'min ms':>7} {'max ms':>8}"
+        f" {'bare ms':>8} {'ratio':>6}"
+    )
+    worst = worst_min = 0.0
     rows = [(name, make, _parse) for name, make in SHAPES.items()]
     rows += [(f"cert: {name}", make, _cert) for name, make in CERTS.items()]
     for name, make, parse in rows:
@@ -144,12 +155,16 @@ def main() -> None:
         times = _times(parse, data, args.runs)
         base = statistics.median(_times(_baseline, data, args.runs))
         med = statistics.median(times)
-        worst = max(worst, med)
+        worst, worst_min = max(worst, med), max(worst_min, min(times))
         print(
-            f"{name:36} {len(data):8d} {med * 1e3:10.2f} {max(times) * 1e3:8.2f}"
+            f"{name:36} {len(data):8d} {med * 1e3:10.2f} {min(times) * 1e3:7.2f}"
+            f" {max(times) * 1e3:8.2f}"
             f" {base * 1e3:8.2f} {med / base:6.1f}"
         )
-    print(f"worst median: {worst * 1e3:.2f} ms (goal: well under 50 ms)")
+    print(
+        f"worst median: {worst * 1e3:.2f} ms, worst fastest run: {worst_min * 1e3:.2f} ms"
+        " (goal: well under 50 ms)"
+    )
 
 
 if __name__ == "__main__":

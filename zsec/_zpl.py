@@ -21,7 +21,7 @@ MAX_ZPL_BYTES = 1 << 20
 #: Most lines the reader accepts (a certificate has about a dozen). Each line
 #: costs a few microseconds of Python, so this keeps the worst document at
 #: the byte cap to a few milliseconds, like the best.
-MAX_ZPL_LINES = 4096
+MAX_ZPL_LINES = 1024
 
 _NAME = re.compile(r"[A-Za-z0-9$\-_@.&+/]+")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
