@@ -19,8 +19,8 @@ from ._errors import ZplError, ZsecTypeError
 #: Largest document the reader accepts; a certificate is well under 1 KiB.
 MAX_ZPL_BYTES = 1 << 20
 #: Most lines the reader accepts (a certificate has about a dozen). Each line
-#: costs a few microseconds of Python, so this keeps the worst document at
-#: the byte cap to a few milliseconds, like the best.
+#: costs a few microseconds of Python, so with this cap a document of many
+#: short lines costs no more than one long line of the same size.
 MAX_ZPL_LINES = 1024
 
 _NAME = re.compile(r"[A-Za-z0-9$\-_@.&+/]+")
