@@ -4,7 +4,10 @@ Plain-text passwords are compared as keyed digests under a per-process key,
 so the comparison takes the same time whatever the password and its length.
 Hashed entries hold libsodium's argon2id string (``zsec passwd`` writes
 them); a verified password is remembered as such a digest, so only the first
-login of a user after a change pays for argon2.
+login of a user after a change pays for argon2. A refusal that runs no real
+hash (an unknown user, a wrong clear-text password) runs a decoy made with
+the limits of the entries actually present, so timing does not tell which
+usernames exist.
 """
 
 from __future__ import annotations
