@@ -56,7 +56,7 @@ def _entries(kind: str, password: bytes) -> list[bytes]:
 
 CASES = ("interactive", "moderate", "argon2i", "mixed")
 # Moderate hashes take about ten times as long: fewer rounds keep the run short.
-ROUNDS = {"interactive": 40, "moderate": 8, "argon2i": 40, "mixed": 40}
+ROUNDS = {"interactive": 40, "moderate": 12, "argon2i": 40, "mixed": 40}
 
 
 def _handshake_seconds(ctx: zmq.Context[Any], endpoint: str, user: str) -> float:
