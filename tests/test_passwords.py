@@ -240,6 +240,7 @@ def test_password_table_keeps_no_clear_password(caplog: pytest.LogCaptureFixture
         ({"admin": 1234}, zsec.ZsecTypeError),
         ({5: "pw"}, zsec.ZsecTypeError),
         ({"u" * 256: "pw"}, zsec.PasswordError),
+        ({"": "pw"}, zsec.PasswordError),  # a 200 must never carry an empty User-Id
     ],
 )
 def test_password_table_refuses_what_plain_cannot_check(mapping: object, error: type) -> None:

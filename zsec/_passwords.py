@@ -282,8 +282,9 @@ def _table_entries(mapping: Mapping[str | bytes, str | bytes]) -> dict[bytes, by
     for user, password in mapping.items():
         name = _as_bytes(user, "a username")
         secret = _as_bytes(password, "a password")
-        if len(name) > 255:
-            raise PasswordError("a username must be at most 255 bytes (PLAIN cannot send more)")
+        if not 0 < len(name) <= 255:
+            # Empty would give an empty User-Id; PLAIN cannot send more than 255.
+            raise PasswordError("a username must be 1 to 255 bytes")
         entries[name] = secret if secret.startswith(_HASH_PREFIXES) else _digest(secret)
     return entries
 
