@@ -60,3 +60,13 @@ def auth(ctx: zmq.Context[Any]) -> Iterator[zsec.Auth]:
     """A running authenticator on the test's context, stopped afterwards."""
     with zsec.Auth(ctx) as authenticator:
         yield authenticator
+
+
+@pytest.fixture(scope="module")
+def etcd_server() -> Iterator[Any]:
+    """A real etcd on 127.0.0.1 in a temp dir, shared by one test module (use unique prefixes)."""
+    from .etcd_server import EtcdServer
+
+    server = EtcdServer().start()
+    yield server
+    server.stop()

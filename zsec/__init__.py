@@ -12,6 +12,9 @@ from ._errors import (
     AddressError,
     AuthError,
     CertificateError,
+    EtcdError,
+    EtcdPermissionError,
+    EtcdUnavailable,
     FileAccessError,
     HandshakeTimeout,
     KeyFormatError,
@@ -25,6 +28,7 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
+from ._etcd import EtcdBans, EtcdPasswords, EtcdSource
 from ._events import AuditLog, Decision, TrustChange
 from ._guard import REVOKED_REPLY, AsyncGuardedSocket, Cut, GuardedSocket
 from ._index import StoreChange
@@ -58,6 +62,12 @@ __all__ = [
     "CertificateError",
     "Cut",
     "Decision",
+    "EtcdBans",
+    "EtcdError",
+    "EtcdPasswords",
+    "EtcdPermissionError",
+    "EtcdSource",
+    "EtcdUnavailable",
     "FailureLimiter",
     "FileAccessError",
     "GuardedSocket",

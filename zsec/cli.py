@@ -671,6 +671,9 @@ def _parser() -> argparse.ArgumentParser:
         "--count", type=int, default=None, metavar="N", help="stop after N new events"
     )
     tail.set_defaults(run=_cmd_audit_tail)
+    from ._trustcli import add_trust_parser
+
+    add_trust_parser(sub)
     return parser
 
 
