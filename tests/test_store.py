@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import zsec
-from zsec import _store
+from zsec import _watch
 
 from .helpers import CZMQ_FIXTURES, wait_for
 
@@ -427,16 +427,18 @@ def test_the_watcher_recovers_from_an_internal_error(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     with zsec.CertStore(store_dir) as store:
-        original = store._apply_events
+        directory = store._directory
+        assert directory is not None
+        original = directory._apply
         calls = {"n": 0}
 
-        def flaky(batch: list[tuple[str, bool, str, str]]) -> None:
+        def flaky(batch: list[_watch.Item]) -> None:
             calls["n"] += 1
             if calls["n"] == 1:
                 raise RuntimeError("injected watcher fault")
             original(batch)
 
-        monkeypatch.setattr(store, "_apply_events", flaky)
+        monkeypatch.setattr(directory, "_apply", flaky)
         cert = _cert()
         _write_public(store_dir / "c.key", cert)
         wait_for(lambda: cert.public_key in store, what="recovery by rescan")
@@ -504,22 +506,18 @@ def test_close_stops_the_watcher_threads(store_dir: Path) -> None:
     assert len(store) == 0
 
 
-def test_queue_overflow_triggers_a_full_rescan(store_dir: Path) -> None:
+def test_queue_overflow_triggers_a_full_rescan(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with zsec.CertStore(store_dir) as store:
+        # From now on every file event is lost, as in an inotify overflow.
+        monkeypatch.setattr(_watch._Handler, "emit", lambda self, item: None)
         cert = _cert()
-        _write_public(store_dir / "c.key", cert)
-        # Simulate lost events: change the disk behind the watcher's back by
-        # editing the indexes, then deliver watchdog's overflow warning.
-        wait_for(lambda: cert.public_key in store)
-        with store._lock:
-            store._paths.clear()
-            store._holders.clear()
-            store._publish({cert.public_key})
-        assert cert.public_key not in store
+        cert.save_public(store_dir / "c.key")
         logging.getLogger("watchdog.observers.inotify_c").warning(
             "Inotify queue overflowed; filesystem events were lost"
         )
-        wait_for(lambda: cert.public_key in store, what="rescan after overflow")
+        wait_for(lambda: cert.public_key in store._table, what="rescan after overflow")
 
 
 def test_lookup_is_a_dict_hit(store_dir: Path) -> None:
@@ -542,7 +540,7 @@ def test_lookup_is_a_dict_hit(store_dir: Path) -> None:
 
 def test_overflow_listener_is_attached() -> None:
     logger = logging.getLogger("watchdog.observers.inotify_c")
-    assert any(isinstance(f, _store._OverflowListener) for f in logger.filters)
+    assert any(isinstance(f, _watch._OverflowListener) for f in logger.filters)
 
 
 # -- review regressions: skipped names, symlinks, lost events ------------------------
@@ -613,7 +611,7 @@ def test_the_audit_catches_events_that_were_lost(
     with zsec.CertStore(store_dir, audit_interval=0.2) as store:
         assert store.observer_kind == "native"
         # From now on every file event is lost, as in an inotify overflow.
-        monkeypatch.setattr(_store._Handler, "dispatch", lambda self, event: None)
+        monkeypatch.setattr(_watch._Handler, "emit", lambda self, item: None)
         added = _cert()
         _write_public(store_dir / "added.key", added)
         (store_dir / "dropped.key").unlink()
@@ -622,10 +620,10 @@ def test_the_audit_catches_events_that_were_lost(
         os.replace(store_dir / ".tmp", store_dir / "kept.key")
         wait_for(
             lambda: (
-                added.public_key in store
-                and dropped.public_key not in store
-                and replacement.public_key in store
-                and kept.public_key not in store
+                added.public_key in store._table  # _table: no read-your-writes catch-up
+                and dropped.public_key not in store._table
+                and replacement.public_key in store._table
+                and kept.public_key not in store._table
             ),
             what="the audit reconciling names and inodes",
         )
@@ -649,24 +647,24 @@ def test_falls_back_to_polling_when_native_watching_fails(
         wait_for(lambda: cert.public_key in store, what="change seen by the polling watcher")
 
 
-def test_an_inotify_overflow_rescans_even_with_logging_off(tmp_path: Path) -> None:
+def test_an_inotify_overflow_rescans_even_with_logging_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
 
     tmp_path.chmod(0o700)
-    cert = zsec.Cert()
-    cert.save_public(tmp_path / "c.key")
     with zsec.CertStore(tmp_path) as store:
-        assert cert.public_key in store
-        with store._lock:  # pretend the events for a change were lost
-            store._paths.clear()
-            store._holders.clear()
-            store._publish({cert.public_key})
-        assert cert.public_key not in store
+        assert store._directory is not None and store._directory._watch is not None
+        observer = store._directory._watch.observer
+        monkeypatch.setattr(_watch._Handler, "emit", lambda self, item: None)  # events lost
+        cert = zsec.Cert()
+        cert.save_public(tmp_path / "c.key")
+        assert cert.public_key not in store._table
         logging.disable(logging.CRITICAL)
         try:
             overflow = InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b"")
-            store._observer._inotify_fd.handle_event(overflow)
-            wait_for(lambda: cert.public_key in store, what="rescan after the overflow")
+            observer._inotify_fd.handle_event(overflow)
+            wait_for(lambda: cert.public_key in store._table, what="rescan after the overflow")
         finally:
             logging.disable(logging.NOTSET)
 
@@ -692,12 +690,17 @@ def test_audit_interval_must_be_a_real_number(tmp_path: Path) -> None:
             zsec.CertStore(tmp_path, audit_interval=bad)
 
 
-def test_the_overflow_hook_is_in_for_this_watchdog(tmp_path: Path) -> None:
+def test_the_overflow_hook_and_the_event_tap_are_in_for_this_watchdog(tmp_path: Path) -> None:
     tmp_path.chmod(0o700)
     with zsec.CertStore(tmp_path) as store:
         assert store.observer_kind == "native"
-        emitters = list(store._observer.emitters)
+        assert store._directory is not None and store._directory._watch is not None
+        emitters = list(store._directory._watch.observer.emitters)
         assert emitters and all(
             e._inotify.on_queue_overflow.__name__ == "on_overflow" for e in emitters
         )
-    assert _store._hook_overflow(object(), None) is False  # no emitters: nothing to hook
+        # Raw events go straight to the store, not after watchdog's 0.5 s hold on moves.
+        assert all(e._inotify.on_event.__name__ == "tapped_on_event" for e in emitters)
+        handlers = store._directory._watch.observer._handlers.values()
+        assert all(h.tapped for group in handlers for h in group)
+    assert _watch.hook_overflow(object(), None) is False  # type: ignore[arg-type]
