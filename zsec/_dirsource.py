@@ -44,7 +44,7 @@ LINK_CHECK_SECONDS = 0.5
 # look at a directory that changed since its last look. Bounded, and only
 # paid while the directory is newer than that look, so a stream of unknown
 # keys cannot make it wait more than once per change of the directory.
-MISS_WAIT_SECONDS = 0.05
+MISS_WAIT_SECONDS = 0.1
 # Directory timestamps come from a coarse clock (a few ms): a change within
 # this long of the last look may carry the same timestamp, so a look that
 # recent does not count as settled.

@@ -47,7 +47,7 @@ class CertStore:
     followed the same way.
 
     Read-your-writes: a lookup that misses, while the directory has
-    changed since the store last looked at it, waits up to 50 ms for the
+    changed since the store last looked at it, waits up to 100 ms for the
     store to catch up, so a certificate saved into the directory (by
     ``save_public`` or any create-then-rename) just before a client
     connects is found. This covers names created directly in the
