@@ -171,6 +171,8 @@ class DirectorySource(TrustSource):
         self._tickets = 0
         self._answered = 0
         self._synced: tuple[int, ...] | None = None
+        # When to list the root once more because the last look was too recent to trust.
+        self._recheck_at = 0.0
 
     # -- TrustSource ---------------------------------------------------------------
 
@@ -213,27 +215,28 @@ class DirectorySource(TrustSource):
 
     # -- read-your-writes (called by CertStore.lookup on a miss, any thread) -----
 
-    def catch_up(self) -> bool:
+    def catch_up(self, found: Callable[[], bool]) -> None:
         """If the directory changed since the worker last listed it, wait briefly for a look.
 
-        Never reads a file or lists a directory itself: one ``stat`` of the
-        root, then at most ``MISS_WAIT_SECONDS`` of waiting. Returns whether
-        the worker answered, so that the lookup is worth repeating.
+        Called by ``CertStore.lookup`` on a miss, on the caller's thread (the
+        ZAP thread): never reads a file or lists a directory itself, only one
+        ``stat`` of the root, then at most ``MISS_WAIT_SECONDS`` of waiting,
+        ended early as soon as ``found()`` (the lookup again) succeeds.
         """
         if self._closed or self._worker is None:
-            return False
+            return
         try:
             stamp = _stamp(os.stat(self.root))
         except OSError:
-            return False
+            return
         if stamp == self._synced:
-            return False
+            return
         with self._sync:
             self._tickets += 1
             ticket = self._tickets
             self._events.put(CATCH_UP)
-            return self._sync.wait_for(
-                lambda: self._answered >= ticket or self._closed, MISS_WAIT_SECONDS
+            self._sync.wait_for(
+                lambda: self._answered >= ticket or self._closed or found(), MISS_WAIT_SECONDS
             )
 
     # -- the worker -------------------------------------------------------------------
@@ -242,8 +245,11 @@ class DirectorySource(TrustSource):
         # Exits when: STOP is queued (close), or the source is closed.
         events = self._events
         while not self._closed:
+            timeout = ROOT_CHECK_SECONDS
+            if self._recheck_at:
+                timeout = min(timeout, max(0.0, self._recheck_at - time.monotonic()))
             try:
-                first: Item | None = events.get(timeout=ROOT_CHECK_SECONDS)
+                first: Item | None = events.get(timeout=timeout)
             except queue.Empty:
                 first = None
             with self._sync:
@@ -278,6 +284,10 @@ class DirectorySource(TrustSource):
     def _apply(self, batch: list[Item]) -> None:
         """Bring the store in step with the directory for one batch of events."""
         catch_up = CATCH_UP in batch
+        if self._recheck_at and time.monotonic() >= self._recheck_at:
+            catch_up, self._recheck_at = True, 0.0
+        # Taken before anything is read: what the directory looked like at
+        # the latest when this pass began.
         stamp = self._root_stamp() if catch_up else None
         if not self._check_root():
             return  # reloaded (or emptied) as a whole
@@ -298,7 +308,8 @@ class DirectorySource(TrustSource):
             self._rescan_tree(tree, put, gone)
         files = todo.files
         now = time.monotonic()
-        if self._links and (todo.links or todo.catch_up or now >= self._next_link_check):
+        links_now = todo.links or catch_up or now >= self._next_link_check
+        if self._links and links_now:
             self._next_link_check = now + LINK_CHECK_SECONDS
             for path, signature in list(self._links.items()):
                 if td.link_signature(path) != signature:
@@ -308,28 +319,49 @@ class DirectorySource(TrustSource):
             if self.kind == "native":
                 for path in self._audit():
                     files.setdefault(path, False)
-        listings = [*todo.listings, self.root] if todo.catch_up else todo.listings
-        for directory in dict.fromkeys(listings):
+        # Names found by a listing may be files still being written: their
+        # problems are logged when an event (or the audit) reports them.
+        for directory in todo.listings:
             if directory not in todo.trees:
                 for path in self._listing_changes(directory):
-                    files.setdefault(path, False)
+                    files.setdefault(path, True)
+        self._refresh_all(files, put, gone)
+        self._publish(put, gone)
+        if catch_up:
+            # Then names the events have not (yet) told of; a lookup only
+            # misses a key that is new, so new names are all that count here.
+            put, gone = {}, set()
+            self._refresh_all(dict.fromkeys(self._new_names(), True), put, gone)
+            self._publish(put, gone)
+            self._settled(stamp)
+
+    def _refresh_all(self, files: dict[str, bool], put: dict[str, Cert], gone: set[str]) -> None:
         for path, in_progress in files.items():
             if td.under(path, self.root):
                 self._refresh(path, in_progress, put, gone)
-        self._publish(put, gone)
-        if catch_up:
-            self._synced = stamp
 
-    def _root_stamp(self) -> tuple[int, ...] | None:
-        """The root's stamp for read-your-writes, or None while it may still change unseen."""
+    def _root_stamp(self) -> tuple[tuple[int, ...], bool] | None:
+        """The root's stamp for read-your-writes, and whether it is so recent that it may be stale.
+
+        Directory timestamps come from a coarse clock: a change made right
+        after this look can carry the same timestamp, so a recent stamp asks
+        for one more look a moment later.
+        """
         try:
             st = os.stat(self.root)
         except OSError:
             return None
         now = time.time_ns()
-        if min(abs(now - st.st_mtime_ns), abs(now - st.st_ctime_ns)) < _STAMP_SETTLE_NS:
-            return None
-        return _stamp(st)
+        fresh = min(abs(now - st.st_mtime_ns), abs(now - st.st_ctime_ns)) < _STAMP_SETTLE_NS
+        return _stamp(st), fresh
+
+    def _settled(self, stamp: tuple[tuple[int, ...], bool] | None) -> None:
+        if stamp is None:
+            self._synced = None
+            return
+        self._synced = stamp[0]
+        if stamp[1]:
+            self._recheck_at = time.monotonic() + _STAMP_SETTLE_NS / 1e9
 
     def _shown(self, path: str) -> str | None:
         real = self._real
@@ -428,7 +460,7 @@ class DirectorySource(TrustSource):
 
     # -- reading ---------------------------------------------------------------------
 
-    def _resync(self, stamp: tuple[int, ...] | None = None) -> None:
+    def _resync(self, stamp: tuple[tuple[int, ...], bool] | None = None) -> None:
         """Read the whole directory again and feed it as one reset."""
         assert self._real is not None
         found = td.scan(self._real, self.root, self._real, strict=self._strict)
@@ -439,7 +471,7 @@ class DirectorySource(TrustSource):
         self._known = found.entries
         if self._feed is not None:
             self._feed.reset(found.entries)
-        self._synced = stamp
+        self._settled(stamp)
 
     def _rescan_tree(self, tree: str, put: dict[str, Cert], gone: set[str]) -> None:
         """Make everything at or under ``tree`` match the disk."""
@@ -538,6 +570,9 @@ class DirectorySource(TrustSource):
         self._known.update(put)
         if (put or gone) and self._feed is not None:
             self._feed.update(put, gone)
+            # A lookup waiting in catch_up may find its key now.
+            with self._sync:
+                self._sync.notify_all()
 
     def _recheck_dir(self, shown: str) -> bool:
         """Whether a directory's strict verdict changed; updates the stored verdict."""
@@ -560,6 +595,22 @@ class DirectorySource(TrustSource):
             # Usually events still on their way; reloading them twice is harmless.
             log.debug("certificate store %s: audit reloads %d path(s)", self.root, len(changed))
         return changed
+
+    def _new_names(self) -> list[str]:
+        """Names directly in the root that are new, or another inode, since last seen."""
+        assert self._real is not None
+        try:
+            with os.scandir(self._real) as entries:
+                found = {e.name: e.inode() for e in entries}
+        except OSError:
+            return []
+        prefix = self.root + os.sep
+        known = self._inodes
+        return [
+            prefix + name
+            for name, inode in found.items()
+            if known.get(prefix + name) != inode and not td.skipped_name(name)
+        ]
 
     def _listing_changes(self, directory: str) -> list[str]:
         """Names directly in ``directory`` that are new, gone, or not the inode last seen."""

@@ -101,7 +101,7 @@ class CertStore:
         self._source: TrustSource | None = None
         self._directory: DirectorySource | None = None
         self._describe = "memory"
-        self._on_miss: Callable[[], bool] | None = None
+        self._on_miss: Callable[[Callable[[], bool]], None] | None = None
         if location is None:
             return
         if isinstance(location, TrustSource):
@@ -131,7 +131,9 @@ class CertStore:
         if type(public_key) is not bytes or len(public_key) != KEY_BYTES:
             public_key = coerce_key(public_key, "public key")
         cert = self._table.get(public_key)
-        if cert is None and self._on_miss is not None and self._on_miss():
+        if cert is None and self._on_miss is not None:
+            key = public_key
+            self._on_miss(lambda: key in self._table)
             cert = self._table.get(public_key)
         return cert
 
