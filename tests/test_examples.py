@@ -22,6 +22,7 @@ PATTERNS = {
     "ironhouse2.py": ("Ironhouse2", True),
     "pubsub.py": ("PUB-SUB", True),
     "reqrep.py": ("DEALER-ROUTER", True),
+    "ironhouse_revoke.py": ("Ironhouse revoke", True),
 }
 # Passwords the examples use; none may appear in their output.
 PASSWORDS = ["secret", "guess"]

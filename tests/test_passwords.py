@@ -204,3 +204,91 @@ def test_unknown_users_cost_a_hash_check_when_the_file_has_hashes(
     assert passwords.check(b"nobody", b"guess") == b"unknown user"
     assert passwords.check(b"alice", b"guess") == b"wrong password"
     assert calls == [b"guess", b"guess"]  # same work either way: no user enumeration
+
+
+def test_password_table_admits_its_users_like_a_file(tmp_path: Path) -> None:
+    table = zsec.PasswordTable({"admin": "secret", b"bob": b"pw", "hashed": fast_hash(b"h")})
+    assert table.check(b"admin", b"secret") == b""
+    assert table.check(b"bob", b"pw") == b""
+    assert table.check(b"hashed", b"h") == b""
+    assert table.check(b"admin", b"wrong") == b"wrong password"
+    assert table.check(b"hashed", b"wrong") == b"wrong password"
+    assert table.check(b"nobody", b"secret") == b"unknown user"
+    assert len(table) == 3 and "admin" in table and b"bob" in table and "eve" not in table
+    policy = Policy(plain={"*": table})
+    assert decide(policy, req(b"PLAIN", b"admin", b"secret")).allowed
+    assert not decide(policy, req(b"PLAIN", b"admin", b"secreT")).allowed
+
+
+def test_password_table_keeps_no_clear_password(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    table = zsec.PasswordTable({"admin": "hunter2-clear"})
+    assert b"hunter2-clear" not in table._state.entries[b"admin"]
+    assert "hunter2" not in repr(table) and "users=1" in repr(table)
+    policy = Policy(plain={"*": table}, verbose=True)
+    policy.handle([b"r", b"", *req(b"PLAIN", b"admin", b"hunter2-clear")])
+    policy.handle([b"r", b"", *req(b"PLAIN", b"admin", b"hunter2-guess")])
+    assert "ALLOWED (PLAIN)" in caplog.text and "hunter2" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("mapping", "error"),
+    [
+        ([("admin", "pw")], zsec.ZsecTypeError),
+        ({"admin": 1234}, zsec.ZsecTypeError),
+        ({5: "pw"}, zsec.ZsecTypeError),
+        ({"u" * 256: "pw"}, zsec.PasswordError),
+    ],
+)
+def test_password_table_refuses_what_plain_cannot_check(mapping: object, error: type) -> None:
+    with pytest.raises(error) as caught:
+        zsec.PasswordTable(mapping)
+    assert "1234" not in str(caught.value)  # a bad value may be a password: never echoed
+
+
+def test_password_table_version_and_tags_follow_changes() -> None:
+    table = zsec.PasswordTable({"alice": "one", "bob": "two"})
+    version, alice, bob = table.version, table.entry_tag(b"alice"), table.entry_tag("bob")
+    assert alice and bob and alice != bob and table.entry_tag(b"carol") is None
+    table.replace({"alice": "one", "bob": "two"})  # same entries: nothing changed
+    assert (table.version, table.entry_tag(b"alice")) == (version, alice)
+    table.replace({"alice": "one", "bob": "new"})
+    assert table.version == version + 1
+    assert table.entry_tag(b"alice") == alice and table.entry_tag(b"bob") not in (None, bob)
+    table.replace({"bob": "new"})
+    assert table.version == version + 2 and table.entry_tag(b"alice") is None
+    assert table.check(b"alice", b"one") == b"unknown user"
+
+
+def test_entry_tags_reveal_nothing_about_the_password() -> None:
+    # Same password for two users, and a tag never equal to the stored digest.
+    table = zsec.PasswordTable({"alice": "same", "bob": "same"})
+    alice = table.entry_tag(b"alice")
+    assert alice is not None and alice != table.entry_tag(b"bob")
+    assert alice not in table._state.entries[b"alice"] and b"same" not in alice
+    other = zsec.PasswordTable({"alice": "same"})
+    assert other.entry_tag(b"alice") == alice  # a function of the entry, not of the object
+
+
+def test_password_file_version_grows_on_reload_and_check(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"alice=one\nbob=two\n")
+    passwords = PasswordFile(path, check_interval=0)
+    version, alice, bob = (
+        passwords.version,
+        passwords.entry_tag(b"alice"),
+        passwords.entry_tag(b"bob"),
+    )
+    path.write_bytes(b"alice=one\nbob=three\n")
+    passwords.reload()
+    assert passwords.version == version + 1
+    assert passwords.entry_tag(b"alice") == alice and passwords.entry_tag(b"bob") != bob
+    path.write_bytes(b"alice=one\n# bob left\n")
+    assert passwords.check(b"bob", b"three") == b"unknown user"  # noticed by check()
+    assert passwords.version == version + 2 and passwords.entry_tag(b"bob") is None
+    path.write_bytes(b"alice=one\n#  bob left, comment edited\n")
+    passwords.reload()
+    assert passwords.version == version + 2  # the entries did not change
+    path.unlink()
+    assert passwords.check(b"alice", b"one") == b"password file unavailable"
+    assert passwords.version == version + 3 and passwords.entry_tag(b"alice") is None

@@ -25,9 +25,10 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
+from ._guard import REVOKED_REPLY, AsyncGuardedSocket, Cut, GuardedSocket
 from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
-from ._passwords import PasswordFile
+from ._passwords import PasswordFile, PasswordTable
 from ._sockets import (
     curve_client,
     curve_server,
@@ -44,15 +45,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CURVE_ALLOW_ANY",
+    "REVOKED_REPLY",
     "ZAP_ENDPOINT",
     "AddressError",
+    "AsyncGuardedSocket",
     "Auth",
     "AuthError",
     "Cert",
     "CertStore",
     "CertificateError",
+    "Cut",
     "FailureLimiter",
     "FileAccessError",
+    "GuardedSocket",
     "Handshake",
     "HandshakeMonitor",
     "HandshakeTimeout",
@@ -61,6 +66,7 @@ __all__ = [
     "MetadataError",
     "PasswordError",
     "PasswordFile",
+    "PasswordTable",
     "Policy",
     "SocketConfigError",
     "StoreChange",

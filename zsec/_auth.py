@@ -13,11 +13,13 @@ import os
 import secrets
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from ._errors import AuthError, ZsecTypeError
+from ._guard import Grants
 from ._passwords import PasswordFile
 from ._store import CertStore
 from ._throttle import FailureLimiter
@@ -29,6 +31,9 @@ from ._zap import (
     error_reply,
     parse_address_rule,
 )
+
+if TYPE_CHECKING:
+    from ._guard import Cut, GuardedSocket
 
 log = logging.getLogger("zsec.auth")
 
@@ -62,7 +67,7 @@ class Auth:
         # shared, and the pump gets blocking sockets even under asyncio.
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(base.underlying)
         self._lock = threading.Lock()
-        self._policy = Policy(verbose=verbose)
+        self._policy = Policy(verbose=verbose, grants=Grants())
         self._owned: dict[str, CertStore] = {}
         self._stopped = False
         self._done = threading.Event()
@@ -168,6 +173,20 @@ class Auth:
         return min(failures + 1, 10)
 
     # -- configuration --------------------------------------------------------
+
+    # Told of every new policy (the live-revocation guard), whichever method made it.
+    _policy_listeners: tuple[Callable[[Policy], None], ...] = ()
+    _warden: Any = None
+
+    @property
+    def _policy(self) -> Policy:
+        return self.__policy
+
+    @_policy.setter
+    def _policy(self, policy: Policy) -> None:
+        self.__policy = policy
+        for listener in self._policy_listeners:
+            listener(policy)
 
     @property
     def policy(self) -> Policy:
@@ -292,6 +311,27 @@ class Auth:
                 self._owned[domain] = owned
         if previous is not None:
             previous.close()
+
+    # -- live revocation ----------------------------------------------------------
+
+    def guard(self, socket: Any, *, on_cut: Callable[[Cut], None] | None = None) -> GuardedSocket:
+        """Guard a server socket: deliver only messages from peers still trusted, cut the others.
+
+        Returns a ``GuardedSocket`` to receive from in place of ``socket`` (a
+        zsec-configured server of this authenticator's context; awaitables
+        for a ``zmq.asyncio`` socket). When a trust change revokes a peer,
+        its connections on every guarded socket are closed within
+        milliseconds; ``on_cut(Cut)`` hears of each one. Linux/POSIX, TCP.
+        """
+        from ._guard import warden_of
+
+        return warden_of(self).guard(socket, on_cut)
+
+    def subscribe_cuts(self, listener: Callable[[Cut], None]) -> Callable[[], None]:
+        """Call ``listener(Cut)`` for every connection any guard cuts; returns the unsubscriber."""
+        from ._guard import warden_of
+
+        return warden_of(self).subscribe(listener)
 
     # -- lifecycle --------------------------------------------------------------
 

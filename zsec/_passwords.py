@@ -1,4 +1,4 @@
-"""PasswordFile: CZMQ's ``name=password`` lines, with optional argon2id hashes, reloaded live.
+"""PLAIN passwords: PasswordFile (CZMQ's ``name=password`` lines, reloaded live) and PasswordTable.
 
 Plain-text passwords are compared as keyed digests under a per-process key,
 so the comparison takes the same time whatever the password and its length.
@@ -17,8 +17,8 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from ._errors import FileAccessError, PasswordError, ZsecError, ZsecTypeError
 from ._files import SECRET_MODE, fspath, owner_to_keep, read_capped, write_atomic
@@ -39,6 +39,10 @@ def _digest(password: bytes) -> bytes:
     mac.update(password)
     return mac.digest()
 
+
+# Tags of entries (PasswordFile.entry_tag) under their own key, so a tag
+# never equals the digest it was made from.
+_TAG_MAC = hashlib.blake2b(key=secrets.token_bytes(32), digest_size=16)
 
 # Compared against when the user does not exist, so that an unknown user
 # costs the same as a wrong password.
@@ -77,7 +81,148 @@ def parse_passwords(data: bytes, *, complete: bool = True) -> dict[bytes, bytes]
     return entries
 
 
-class PasswordFile:
+class _State(NamedTuple):
+    """One version of a password set, replaced as a whole so a check never mixes two."""
+
+    entries: dict[bytes, bytes]  # username -> keyed digest (32 bytes) or argon2 string
+    verified: dict[bytes, bytes]  # username -> digest of a password argon2 accepted
+    decoy: bytes | None  # a hashed entry to time refusals against, when there are hashes
+    version: int
+    problem: str  # why the source is unusable ("" when it is fine)
+
+
+class _PasswordSet:
+    """The state and the check shared by ``PasswordFile`` and ``PasswordTable``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = _State({}, {}, None, 0, "")
+
+    def __len__(self) -> int:
+        return len(self._state.entries)
+
+    def __contains__(self, username: object) -> bool:
+        if isinstance(username, str):
+            username = username.encode("utf-8")
+        return username in self._state.entries
+
+    @property
+    def version(self) -> int:
+        """A number that grows by one each time the set of entries changes."""
+        return self._state.version
+
+    def entry_tag(self, username: bytes | str) -> bytes | None:
+        """An opaque tag of the user's entry: it changes when the entry does; None for no user.
+
+        Lets a caller notice that a user was removed or given a new password
+        without holding the password. The tag is a keyed digest under a
+        per-process key, so it tells nothing about the password or its hash.
+        """
+        if isinstance(username, str):
+            username = username.encode("utf-8")
+        entry = self._state.entries.get(username)
+        if entry is None:
+            return None
+        mac = _TAG_MAC.copy()
+        mac.update(len(username).to_bytes(4, "big"))
+        mac.update(username)
+        mac.update(entry)
+        return mac.digest()
+
+    def check(self, username: bytes, password: bytes) -> bytes:
+        """Return b"" when the password is right for the user, else the reason it is not."""
+        self._refresh()
+        # One snapshot for the whole check: a reload meanwhile must not let
+        # a password verified against the old entries into the new cache.
+        state = self._state
+        entry = state.entries.get(username)
+        given = _digest(password)
+        if entry is None:
+            # An unknown user costs what a known one does, so timing does not
+            # tell which names exist: a digest compare, and a decoy hash check
+            # when there are hashes (the result is ignored).
+            hmac.compare_digest(given, _DUMMY)
+            if state.decoy is not None:
+                _verify_hash(state.decoy, password)
+            return b"password file unavailable" if state.problem else b"unknown user"
+        if len(entry) == _DIGEST_BYTES:
+            if hmac.compare_digest(given, entry):
+                return b""
+            if state.decoy is not None:
+                _verify_hash(state.decoy, password)  # as slow as a hashed user's refusal
+            return b"wrong password"
+        remembered = state.verified.get(username)
+        if remembered is not None and hmac.compare_digest(given, remembered):
+            return b""
+        if _verify_hash(entry, password):
+            state.verified[username] = given
+            return b""
+        return b"wrong password"
+
+    def _refresh(self) -> None:
+        """Bring the entries up to date before a check (nothing to do for a fixed table)."""
+
+    def _publish(self, entries: dict[bytes, bytes], problem: str = "") -> None:
+        """Make ``entries`` the current set; the caller holds ``self._lock``."""
+        old = self._state
+        if entries == old.entries:
+            # Same entries: passwords verified so far are still right.
+            self._state = old._replace(problem=problem)
+            return
+        hashed = any(len(e) != _DIGEST_BYTES for e in entries.values())
+        decoy = _decoy_hash() if hashed else None
+        self._state = _State(entries, {}, decoy, old.version + 1, problem)
+
+
+class PasswordTable(_PasswordSet):
+    """PLAIN passwords given in memory: ``{user: password}``, checked like a ``PasswordFile``.
+
+    Keys and values are str (UTF-8) or bytes. A value is a clear-text
+    password or an argon2 string from ``zsec passwd`` / libsodium (one that
+    starts with ``$argon2id$`` or ``$argon2i$`` is taken as a hash). Clear
+    passwords are kept only as keyed digests under a per-process key, compared
+    in constant time, and never shown in a repr, log or error.
+    """
+
+    def __init__(self, mapping: Mapping[str | bytes, str | bytes]) -> None:
+        super().__init__()
+        self.replace(mapping)
+
+    def __repr__(self) -> str:
+        return f"<PasswordTable users={len(self)}>"
+
+    def replace(self, mapping: Mapping[str | bytes, str | bytes]) -> None:
+        """Swap in a new set of users and passwords in one step; ``version`` grows if it differs."""
+        entries = _table_entries(mapping)
+        with self._lock:
+            self._publish(entries)
+
+
+def _table_entries(mapping: Mapping[str | bytes, str | bytes]) -> dict[bytes, bytes]:
+    if not isinstance(mapping, Mapping):
+        raise ZsecTypeError(
+            f"passwords must be a mapping of user to password, not {type(mapping).__name__}"
+        )
+    entries: dict[bytes, bytes] = {}
+    for user, password in mapping.items():
+        name = _as_bytes(user, "a username")
+        secret = _as_bytes(password, "a password")
+        if len(name) > 255:
+            raise PasswordError("a username must be at most 255 bytes (PLAIN cannot send more)")
+        entries[name] = secret if secret.startswith(_HASH_PREFIXES) else _digest(secret)
+    return entries
+
+
+def _as_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    # Never echo the value: it may be a password.
+    raise ZsecTypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+
+
+class PasswordFile(_PasswordSet):
     """A password file for PLAIN, checked in constant time and reloaded when it changes.
 
     The file is read when the object is made (a missing file is an error
@@ -87,64 +232,25 @@ class PasswordFile:
     """
 
     def __init__(self, path: Any, *, check_interval: float = 0.1) -> None:
+        super().__init__()
         self.path = fspath(path, "password file path")
         self._interval = float(check_interval)
-        self._lock = threading.Lock()
-        # (entries, verified-password digests, a hashed entry to time decoys
-        # against), replaced as one so a check never mixes two versions.
-        self._state: tuple[dict[bytes, bytes], dict[bytes, bytes], bytes | None] = ({}, {}, None)
         self._signature: tuple[int, ...] | None = None
         self._next_check = 0.0
-        self._problem = ""
         self._load(raise_errors=True)
 
     def __repr__(self) -> str:
         return f"<PasswordFile {self.path} users={len(self)}>"
 
-    def __len__(self) -> int:
-        return len(self._state[0])
-
-    def __contains__(self, username: object) -> bool:
-        if isinstance(username, str):
-            username = username.encode("utf-8")
-        return username in self._state[0]
-
     def reload(self) -> None:
         """Read the file again now."""
         self._load(raise_errors=False)
 
-    def check(self, username: bytes, password: bytes) -> bytes:
-        """Return b"" when the password is right for the user, else the reason it is not."""
+    def _refresh(self) -> None:
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self._interval
             self._load(raise_errors=False)
-        # One snapshot for the whole check: a reload meanwhile must not let
-        # a password verified against the old file into the new file's cache.
-        entries, verified, decoy = self._state
-        entry = entries.get(username)
-        given = _digest(password)
-        if entry is None:
-            # An unknown user costs what a known one does, so timing does not
-            # tell which names exist: a digest compare, and a decoy hash check
-            # when the file holds hashes (the result is ignored).
-            hmac.compare_digest(given, _DUMMY)
-            if decoy is not None:
-                _verify_hash(decoy, password)
-            return b"password file unavailable" if self._problem else b"unknown user"
-        if len(entry) == _DIGEST_BYTES:
-            if hmac.compare_digest(given, entry):
-                return b""
-            if decoy is not None:
-                _verify_hash(decoy, password)  # as slow as a hashed user's refusal
-            return b"wrong password"
-        remembered = verified.get(username)
-        if remembered is not None and hmac.compare_digest(given, remembered):
-            return b""
-        if _verify_hash(entry, password):
-            verified[username] = given
-            return b""
-        return b"wrong password"
 
     def _load(self, *, raise_errors: bool) -> None:
         with self._lock:
@@ -162,21 +268,19 @@ class PasswordFile:
                         f"cannot read password file {self.path}: {exc}", filename=self.path
                     ) from None
                 reason = str(exc)
-                if reason != self._problem:
+                if reason != self._state.problem:
                     log.warning(
                         "password file %s unusable, nobody is admitted: %s", self.path, reason
                     )
-                self._problem = reason
-                self._state, self._signature = ({}, {}, None), None
+                self._signature = None
+                self._publish({}, reason)
                 return
             settled = time.time() - st.st_mtime >= _SETTLE_SECONDS
             complete = settled or data.endswith(b"\n") or not data
             entries = parse_passwords(data, complete=complete)
-            if self._problem:
+            if self._state.problem:
                 log.warning("password file %s is usable again", self.path)
-            self._problem = ""
-            hashed = any(len(e) != _DIGEST_BYTES for e in entries.values())
-            self._state = (entries, {}, _decoy_hash() if hashed else None)
+            self._publish(entries)
             # Until the file settles, keep looking: its last line may grow.
             self._signature = signature if complete else None
             log.debug("loaded %d user(s) from %s", len(entries), self.path)

@@ -38,6 +38,10 @@ class FailureLimiter:
         self._failures: dict[bytes, deque[float]] = {}
         self._banned: dict[bytes, float] = {}
         self._next_sweep = 0.0
+        # Failures to overlook per address (count, until): the one refused
+        # reconnect of each connection the guard cut must not ban bystanders.
+        self._excused: dict[bytes, tuple[int, float]] = {}
+        self._ban_listeners: tuple[Callable[[bytes], None], ...] = ()
 
     def reconfigure(self, max_failures: int, window: float, ban: float) -> None:
         """Change the limits; bans and counts in progress are kept."""
@@ -67,9 +71,37 @@ class FailureLimiter:
         self._end(address)
         return False
 
+    def excuse(self, address: bytes) -> None:
+        """Overlook the next failure of ``address`` within ``window`` seconds (once per call).
+
+        The live-revocation guard calls it for each connection it cuts: the
+        cut client's one refused reconnect is not the address's fault.
+        """
+        now = self._clock()
+        count, until = self._excused.get(address, (0, 0.0))
+        if until <= now:
+            count = 0
+        if len(self._excused) >= MAX_TRACKED and address not in self._excused:
+            self._excused.pop(next(iter(self._excused)))
+        self._excused[address] = (count + 1, now + self.window)
+
+    def on_ban(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
+        """Call ``listener(address)`` when a ban starts; returns a function that unsubscribes."""
+        self._ban_listeners = (*self._ban_listeners, listener)
+
+        def unsubscribe() -> None:
+            self._ban_listeners = tuple(x for x in self._ban_listeners if x is not listener)
+
+        return unsubscribe
+
     def failed(self, address: bytes) -> None:
         """Record one failed attempt; starts a ban when the limit is reached."""
         now = self._clock()
+        excused = self._excused.pop(address, None)
+        if excused is not None and excused[1] > now:
+            if excused[0] > 1:
+                self._excused[address] = (excused[0] - 1, excused[1])
+            return
         attempts = self._failures.get(address)
         if attempts is None:
             if len(self._failures) >= MAX_TRACKED:
@@ -90,6 +122,11 @@ class FailureLimiter:
                 self.max_failures,
                 self.window,
             )
+            for listener in self._ban_listeners:
+                try:
+                    listener(address)
+                except Exception:  # a listener must not break the count
+                    log.exception("ban listener failed")
         if now >= self._next_sweep:
             self.sweep()
 
@@ -103,6 +140,8 @@ class FailureLimiter:
             a for a, q in self._failures.items() if not q or q[-1] <= now - self.window
         ]:
             del self._failures[address]
+        for address in [a for a, (_, until) in list(self._excused.items()) if until <= now]:
+            del self._excused[address]
 
     @property
     def banned(self) -> list[bytes]:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import ipaddress
 import logging
 import struct
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._errors import AddressError, SocketConfigError, ZapError, ZsecTypeError
+from ._errors import AddressError, SocketConfigError, ZapError, ZsecError, ZsecTypeError
 from ._keys import KEY_BYTES, z85_encode
 
 if TYPE_CHECKING:
+    from ._guard import Grants
     from ._passwords import PasswordFile
     from ._store import CertStore
     from ._throttle import FailureLimiter
@@ -340,6 +342,7 @@ class Policy:
         "allow",
         "curve",
         "deny",
+        "grants",
         "limiter",
         "plain",
         "verbose",
@@ -354,6 +357,7 @@ class Policy:
         curve: Mapping[str, CertStore | _AllowAny] | None = None,
         verbose: bool = False,
         limiter: FailureLimiter | None = None,
+        grants: Grants | None = None,
     ) -> None:
         put = object.__setattr__
         put(self, "allow", tuple(parse_address_rule(r) for r in allow))
@@ -362,6 +366,7 @@ class Policy:
         put(self, "curve", dict(curve or {}))
         put(self, "verbose", bool(verbose))
         put(self, "limiter", limiter)
+        put(self, "grants", grants)
         # Byte-keyed views for the request path, and caches of derived answers
         # (valid for this policy only, since a new policy starts empty).
         put(self, "_plain", {k.encode(): v for k, v in self.plain.items()})
@@ -378,6 +383,7 @@ class Policy:
             "curve": self.curve,
             "verbose": self.verbose,
             "limiter": self.limiter,
+            "grants": self.grants,
         }
         fields.update(changes)
         return Policy(**fields)
@@ -388,6 +394,7 @@ class Policy:
     curve: dict[str, CertStore | _AllowAny]
     verbose: bool
     limiter: FailureLimiter | None
+    grants: Grants | None
     _plain: dict[bytes, PasswordFile]
     _curve: dict[bytes, CertStore | _AllowAny]
     _address_cache: dict[bytes, bytes]
@@ -475,6 +482,41 @@ class Policy:
             self._remember_curve(key, cached)
         return ZapReply(request.request_id, b"200", _OK, cached[1], cached[2])
 
+    def grant_tag(self, mechanism: bytes, domain: bytes, user_id: bytes) -> bytes | None:
+        """What admits ``user_id`` in ``domain`` under this policy now, or None if nothing does.
+
+        The live-revocation guard compares it with the tag recorded when a
+        connection was admitted: any difference means the credentials that
+        admitted it have changed. Addresses are judged separately.
+        """
+        if mechanism == b"NULL":
+            return b"n"
+        if mechanism == b"PLAIN":
+            passwords = self._plain.get(domain)
+            if passwords is None:
+                passwords = self._plain.get(b"*")
+            if passwords is None:
+                return None
+            entry = passwords.entry_tag(user_id)
+            return None if entry is None else b"p" + entry.hex().encode()
+        if mechanism == b"CURVE":
+            source = self._curve.get(domain)
+            if source is None:
+                source = self._curve.get(b"*")
+            if source is None:
+                return None
+            if source is CURVE_ALLOW_ANY:
+                return b"a"
+            try:
+                cert = source.lookup(user_id.decode("ascii"))  # type: ignore[union-attr]
+            except (ZsecError, UnicodeDecodeError):
+                return None
+            if cert is None:
+                return None
+            meta = hashlib.blake2b(cert_properties(cert._meta), digest_size=8).hexdigest()
+            return b"c" + meta.encode()
+        return None
+
     def _remember_curve(self, key: bytes, entry: tuple[object, bytes, bytes]) -> None:
         if len(self._curve_cache) >= _CACHE_LIMIT:
             self._curve_cache.clear()
@@ -509,6 +551,15 @@ class Policy:
                 _show(request.address),
             )
             reply = ZapReply(request.request_id, b"500", b"internal error")
+        if reply.status_code == b"200" and self.grants is not None:
+            try:
+                reply = self.grants.stamp(self, request, reply)
+            except Exception as exc:  # noqa: BLE001 - unstamped, the guard refuses it: fails closed
+                with contextlib.suppress(Exception):
+                    log.error(
+                        "could not record the grant for the live-revocation guard (%s)",
+                        type(exc).__name__,
+                    )
         try:
             if self.limiter is not None and reply.status_text in CLIENT_FAULTS:
                 self.limiter.failed(limit_key(request.address))
