@@ -21,6 +21,7 @@ import zmq
 from ._errors import AuthError, ZsecTypeError
 from ._guard import Grants
 from ._passwords import PasswordFile
+from ._source import TrustSource
 from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import (
@@ -281,7 +282,7 @@ class Auth:
         """Check CURVE clients in ``domain`` (``"*"``: every domain without its own).
 
         ``location`` is a directory of trusted public certificates (followed
-        live), a ``CertStore``, ``zsec.CURVE_ALLOW_ANY`` (any client that
+        live), a ``CertStore`` or ``TrustSource``, ``zsec.CURVE_ALLOW_ANY`` (any client that
         knows the server key) or ``None`` to remove the configuration.
         """
         check_domain(domain)
@@ -289,11 +290,12 @@ class Auth:
         source: CertStore | _AllowAny | None
         if location is None or location is CURVE_ALLOW_ANY or isinstance(location, CertStore):
             source = location
-        elif isinstance(location, (str, bytes, os.PathLike)):
+        elif isinstance(location, (str, bytes, os.PathLike, TrustSource)):
             source = owned = CertStore(location)
         else:
             raise ZsecTypeError(
-                "location must be a directory path, a CertStore, zsec.CURVE_ALLOW_ANY or None"
+                "location must be a directory path, a CertStore, a TrustSource, "
+                "zsec.CURVE_ALLOW_ANY or None"
             )
         with self._lock:
             if self._stopped:
