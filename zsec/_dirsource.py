@@ -171,6 +171,8 @@ class DirectorySource(TrustSource):
         self._tickets = 0
         self._answered = 0
         self._synced: tuple[int, ...] | None = None
+        # The waiting lookups' "is my key there now?" checks.
+        self._probes: list[Callable[[], bool]] = []
         # When to list the root once more because the last look was too recent to trust.
         self._recheck_at = 0.0
 
@@ -234,10 +236,14 @@ class DirectorySource(TrustSource):
         with self._sync:
             self._tickets += 1
             ticket = self._tickets
-            self._events.put(CATCH_UP)
-            self._sync.wait_for(
-                lambda: self._answered >= ticket or self._closed or found(), MISS_WAIT_SECONDS
-            )
+            self._probes.append(found)
+            try:
+                self._events.put(CATCH_UP)
+                self._sync.wait_for(
+                    lambda: self._answered >= ticket or self._closed or found(), MISS_WAIT_SECONDS
+                )
+            finally:
+                self._probes.remove(found)
 
     # -- the worker -------------------------------------------------------------------
 
@@ -284,7 +290,8 @@ class DirectorySource(TrustSource):
     def _apply(self, batch: list[Item]) -> None:
         """Bring the store in step with the directory for one batch of events."""
         catch_up = CATCH_UP in batch
-        if self._recheck_at and time.monotonic() >= self._recheck_at:
+        recheck = bool(self._recheck_at) and time.monotonic() >= self._recheck_at
+        if recheck:
             catch_up, self._recheck_at = True, 0.0
         # Taken before anything is read: what the directory looked like at
         # the latest when this pass began.
@@ -328,12 +335,17 @@ class DirectorySource(TrustSource):
         self._refresh_all(files, put, gone)
         self._publish(put, gone)
         if catch_up:
-            # Then names the events have not (yet) told of; a lookup only
-            # misses a key that is new, so new names are all that count here.
-            put, gone = {}, set()
-            self._refresh_all(dict.fromkeys(self._new_names(), True), put, gone)
-            self._publish(put, gone)
-            self._settled(stamp)
+            with self._sync:
+                waiting = [probe for probe in self._probes if not probe()]
+            if waiting or recheck:
+                # Names the events have not (yet) told of; a lookup only
+                # misses a key that is new, so new names are all that count.
+                put, gone = {}, set()
+                self._refresh_all(dict.fromkeys(self._new_names(), True), put, gone)
+                self._publish(put, gone)
+                self._settled(stamp)
+            # Otherwise every waiting lookup found its key in the events: the
+            # listing (and the claim to have seen the directory) can wait.
 
     def _refresh_all(self, files: dict[str, bool], put: dict[str, Cert], gone: set[str]) -> None:
         for path, in_progress in files.items():
@@ -431,9 +443,11 @@ class DirectorySource(TrustSource):
         new.start(real, (os.path.dirname(self.root), os.path.basename(self.root)))
         self._watch = new
         self._real, self._root_id = real, current
-        if watch is not None:
-            watch.stop()
         self._resync(stamp)
+        if watch is not None:
+            # Not waited for: its threads end on their own, and the new set
+            # is already in force.
+            watch.stop(wait=False)
         return False
 
     def _forget_root(self) -> None:

@@ -158,11 +158,16 @@ class Watch:
     def alive(self) -> bool:
         return self.observer is not None and bool(self.observer.is_alive())
 
-    def stop(self) -> None:
-        """Stop the observer threads; idempotent, safe from any thread."""
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop the observer threads (waiting for them unless ``wait`` is False); idempotent."""
         _live.discard(self)
         observer, self.observer = self.observer, None
-        stop_observer(observer)
+        if observer is None:
+            return
+        if wait:
+            stop_observer(observer)
+        else:
+            threading.Thread(target=stop_observer, args=(observer,), daemon=True).start()
 
 
 def _schedule(observer: Any, handler: _Handler, path: str, *, recursive: bool) -> None:
