@@ -23,6 +23,7 @@ PATTERNS = {
     "pubsub.py": ("PUB-SUB", True),
     "reqrep.py": ("DEALER-ROUTER", True),
     "ironhouse_revoke.py": ("Ironhouse revoke", True),
+    "asyncio_ironhouse.py": ("Asyncio Ironhouse", True),
 }
 # Passwords the examples use; none may appear in their output.
 PASSWORDS = ["secret", "guess"]
@@ -65,9 +66,9 @@ def test_example_proves_its_pattern(script: str, tmp_path: Path) -> None:
 SABOTAGE = """
 import zsec._zap as zap
 _decide = zap.Policy.decide
-def decide(self, request):
-    reply = _decide(self, request)
-    if reply.status_code != b"200":
+def decide(self, request, *args, **kwargs):
+    reply = _decide(self, request, *args, **kwargs)
+    if isinstance(reply, zap.ZapReply) and reply.status_code != b"200":
         return zap.ZapReply(request.request_id, b"200", b"OK", b"intruder")
     return reply
 zap.Policy.decide = decide

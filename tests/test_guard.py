@@ -438,6 +438,17 @@ def test_a_ban_cuts_the_banned_address_and_cut_reconnects_do_not_ban_bystanders(
             assert limiter is not None and limiter.banned == []
             clients[5][0].send(b"still here")
             assert guarded.recv() == b"still here"
+            # Three strangers from the same address: a real ban, which cuts the bystander.
+            for _ in range(3):
+                stranger = ctx.socket(zmq.PUSH)
+                stranger.linger = 0
+                zsec.curve_client(stranger, zsec.Cert(), server_cert)
+                monitor = zsec.HandshakeMonitor(stranger)
+                stranger.connect(endpoint)
+                assert monitor.wait(5).zap_status == 400
+                clients.append((stranger, monitor))
+            wait_for(lambda: any(c.reason == "address banned" for c in cuts), what="ban cut")
+            assert clients[5][1].wait(5).event == zmq.EVENT_DISCONNECTED
             for client, monitor in clients:
                 monitor.close()
                 client.close(linger=0)

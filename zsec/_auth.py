@@ -7,25 +7,35 @@ so each is in force for the next request as soon as it returns.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import functools
+import inspect
+import itertools
 import logging
+import math
 import os
+import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import zmq
+from zmq.backend import Socket as _RawSocket
 
-from ._errors import AuthError, ZsecTypeError
+from ._errors import AuthError, ZsecTypeError, ZsecValueError
 from ._guard import Grants
-from ._passwords import PasswordFile
+from ._passwords import PasswordFile, PasswordTable
 from ._source import TrustSource
 from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import (
     CURVE_ALLOW_ANY,
+    CurveCallback,
+    Pending,
     Policy,
     _AllowAny,
     check_domain,
@@ -40,6 +50,11 @@ log = logging.getLogger("zsec.auth")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _STOP_SECONDS = 5.0
+# The pump's receive timeout: idle, it wakes to end bans that ran out; with
+# provider decisions outstanding, often enough to answer 500 on time.
+_IDLE_MS = 1000
+_PENDING_MS = 20
+_RCVMORE, _SNDMORE = zmq.RCVMORE, zmq.SNDMORE
 
 
 class Auth:
@@ -73,10 +88,23 @@ class Auth:
         self._stopped = False
         self._done = threading.Event()
         self._token = secrets.token_bytes(16)
+        # CURVE providers (configure_curve_callback) decide off the pump
+        # thread; each outcome comes back to the pump as a message carrying
+        # this token, so only the pump touches its socket.
+        self._result_token = secrets.token_bytes(16)
+        self._runners: dict[CurveCallback, _Runner] = {}
+        self._jobs: dict[bytes, _Job] = {}  # pump thread only
+        self._next_deadline = math.inf  # pump thread only
+        self._job_ids = itertools.count()
+        self._outcomes: dict[bytes, tuple[_Runner, str, object]] = {}
+        self._poster: zmq.Socket[bytes] | None = None
+        self._poster_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         socket = self._ctx.socket(zmq.ROUTER)
         socket.linger = 0
         # Wake up now and then when idle, to end bans that have run out.
-        socket.rcvtimeo = 1000
+        socket.rcvtimeo = _IDLE_MS
         try:
             socket.bind(ZAP_ENDPOINT)
         except zmq.ZMQError as exc:
@@ -91,28 +119,49 @@ class Auth:
         self._thread = threading.Thread(target=self._run, name="zsec-auth", daemon=True)
         self._thread.start()
         log.debug("authenticator started on %s", ZAP_ENDPOINT)
+        # From here on, a public name must already exist (see __setattr__).
+        self._sealed = True
 
     # -- the pump -------------------------------------------------------------
 
     def _run(self) -> None:
         socket = self._socket
-        recv, send = socket.recv_multipart, socket.send_multipart
-        token = self._token
+        # pyzmq's Python-level recv_multipart and send_multipart cost more
+        # than the decision itself (per-frame type checks and option
+        # handling); the backend socket's own methods do the same work for a
+        # fraction of it (bench/bench_dropin.py).
+        recv, more, send = _RawSocket.recv, _RawSocket.get, _RawSocket.send
+        token, result_token = self._token, self._result_token
+        jobs = self._jobs
         failures = 0
         frames: list[bytes] = []
         try:
             while True:
                 try:
                     frames = []
-                    frames = recv()
+                    frames = [recv(socket)]
+                    while more(socket, _RCVMORE):
+                        frames.append(recv(socket))
                     if len(frames) == 3 and frames[2] == token:
+                        self._abandon_jobs()
                         self._drain(socket)
                         return
-                    reply = self._policy.handle(frames)
-                    if reply is not None:
-                        send(reply)
+                    if len(frames) == 4 and frames[2] == result_token:
+                        self._finish(frames[3])
+                    else:
+                        reply = self._policy.handle(frames)
+                        if type(reply) is list:
+                            for frame in reply[:-1]:
+                                send(socket, frame, _SNDMORE)
+                            send(socket, reply[-1])
+                        elif reply is not None:
+                            self._defer(frames, reply)  # type: ignore[arg-type]
+                    if jobs and time.monotonic() >= self._next_deadline:
+                        self._expire()
                     failures = 0
                 except zmq.Again:
+                    if jobs:
+                        self._expire()
                     limiter = self._policy.limiter
                     if limiter is not None:
                         try:
@@ -139,6 +188,120 @@ class Auth:
                 socket.unbind(ZAP_ENDPOINT)
             socket.close(linger=0)
             self._done.set()
+
+    # -- CURVE providers: run off the pump, answered by the pump ---------------
+
+    def _defer(self, frames: list[bytes], pending: Pending) -> None:
+        """Start a provider decision for a request; its reply is sent in ``_finish``."""
+        callback = pending.callback
+        runner = self._runners.get(callback)
+        if runner is None or runner.inflight >= callback.max_outstanding:
+            if runner is not None:
+                runner.report("overloaded", f"has {runner.inflight} decisions outstanding")
+            self._answer(frames, callback, b"500")
+            return
+        job = next(self._job_ids).to_bytes(8, "big")
+        request = pending.request
+        try:
+            future = runner.start(
+                request.domain.decode("utf-8", "replace"),
+                request.credentials[0],
+                functools.partial(self._post, job, runner),
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. its event loop is closed
+            runner.report(f"start:{type(exc).__name__}", f"could not start: {exc!r}")
+            self._answer(frames, callback, b"500")
+            return
+        runner.inflight += 1
+        deadline = time.monotonic() + callback.timeout
+        self._jobs[job] = _Job(frames, runner, deadline, future)
+        if deadline < self._next_deadline:
+            self._next_deadline = deadline
+        if self._socket.rcvtimeo != _PENDING_MS:
+            self._socket.rcvtimeo = _PENDING_MS
+
+    def _post(self, job: bytes, runner: _Runner, kind: str, value: object) -> None:
+        """Hand a provider's outcome to the pump (any thread: a worker or an event loop)."""
+        self._outcomes[job] = (runner, kind, value)
+        with self._poster_lock:
+            if self._stopped:
+                return
+            try:
+                if self._poster is None:
+                    poster = self._ctx.socket(zmq.DEALER)
+                    poster.linger = 0
+                    poster.sndhwm = 0  # bounded by max_outstanding, never blocks
+                    poster.connect(ZAP_ENDPOINT)
+                    self._poster = poster
+                self._poster.send_multipart([b"", self._result_token, job], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                # The job then times out with a 500: the client is answered anyway.
+                log.error("could not hand a CURVE provider's answer to the authenticator: %s", exc)
+
+    def _finish(self, job: bytes) -> None:
+        outcome = self._outcomes.pop(job, None)
+        if outcome is None:
+            return
+        runner, kind, value = outcome
+        runner.inflight -= 1
+        entry = self._jobs.pop(job, None)
+        if entry is None:
+            return  # already answered 500 when it timed out
+        self._answer(entry.frames, runner.callback, runner.verdict(kind, value))
+        if not self._jobs:
+            self._idle()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        late = [job for job, entry in self._jobs.items() if entry.deadline <= now]
+        for job in late:
+            entry = self._jobs.pop(job)
+            if entry.future is not None:
+                entry.future.cancel()
+            callback = entry.runner.callback
+            entry.runner.report("timeout", f"gave no answer within {callback.timeout:g}s")
+            self._answer(entry.frames, callback, b"500")
+        if self._jobs:
+            self._next_deadline = min(entry.deadline for entry in self._jobs.values())
+        else:
+            self._idle()
+
+    def _idle(self) -> None:
+        self._next_deadline = math.inf
+        self._socket.rcvtimeo = _IDLE_MS
+
+    def _answer(self, frames: list[bytes], callback: CurveCallback, status: bytes) -> None:
+        """Send the reply for a provider's verdict, through the policy in force now."""
+        reply = self._policy.handle(frames, (callback, status))
+        if type(reply) is list:
+            self._socket.send_multipart(reply)
+        elif reply is not None:
+            # The domain got another provider meanwhile: ask that one.
+            self._defer(frames, reply)  # type: ignore[arg-type]
+
+    def _abandon_jobs(self) -> None:
+        """Answer every outstanding provider decision with a 500: the authenticator stops."""
+        for entry in self._jobs.values():
+            if entry.future is not None:
+                entry.future.cancel()
+            reply = error_reply(entry.frames, b"500", b"authenticator stopping")
+            if reply is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._socket.send_multipart(reply, zmq.NOBLOCK)
+        self._jobs.clear()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop coroutine providers without one of their own run on (started on first use)."""
+        with self._lock:
+            self._check_running()
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="zsec-auth-loop", daemon=True
+                )
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
 
     @staticmethod
     def _drain(socket: zmq.Socket[bytes]) -> None:
@@ -260,15 +423,19 @@ class Auth:
             self._policy = self._policy.replace(**{which: current + rules})
         log.debug("%s %s", which, ", ".join(str(r) for r in rules))
 
-    def configure_plain(self, domain: str, filename: Any) -> None:
-        """Check PLAIN logins in ``domain`` (``"*"``: every domain without its own) against a file.
+    def configure_plain(self, domain: str, passwords: Any) -> None:
+        """Check PLAIN logins in ``domain`` (``"*"``: every domain without its own).
 
-        The file is CZMQ's ``name=password`` format (``zsec passwd`` adds
-        hashed entries) and is reloaded when it changes. ``None`` removes
-        the domain's PLAIN configuration.
+        ``passwords`` is a file path (CZMQ's ``name=password`` format; ``zsec
+        passwd`` adds hashed entries; reloaded when it changes), a
+        ``PasswordFile``, a ``PasswordTable``, or a mapping of user to
+        password (str or bytes; made into a ``PasswordTable``: held only as
+        keyed digests, or argon2 strings as given, compared in constant time,
+        never logged). ``None`` removes the domain's PLAIN configuration.
         """
         check_domain(domain)
-        passwords = None if filename is None else PasswordFile(filename)
+        if passwords is not None:
+            passwords = _password_source(passwords)
         with self._lock:
             self._check_running()
             plain = dict(self._policy.plain)
@@ -284,12 +451,18 @@ class Auth:
         ``location`` is a directory of trusted public certificates (followed
         live), a ``CertStore`` or ``TrustSource``, ``zsec.CURVE_ALLOW_ANY`` (any client that
         knows the server key) or ``None`` to remove the configuration.
+        pyzmq's ``'*'`` is refused: a string is always a directory here.
         """
         check_domain(domain)
         owned: CertStore | None = None
         source: CertStore | _AllowAny | None
         if location is None or location is CURVE_ALLOW_ANY or isinstance(location, CertStore):
             source = location
+        elif location in ("*", b"*"):
+            raise ZsecValueError(
+                "'*' is pyzmq's CURVE_ALLOW_ANY; for any client that knows the server key "
+                "pass zsec.CURVE_ALLOW_ANY (zsec never reads a path as 'allow any')"
+            )
         elif isinstance(location, (str, bytes, os.PathLike, TrustSource)):
             source = owned = CertStore(location)
         else:
@@ -297,22 +470,104 @@ class Auth:
                 "location must be a directory path, a CertStore, a TrustSource, "
                 "zsec.CURVE_ALLOW_ANY or None"
             )
+        self._set_curve(domain, source, owned)
+
+    def configure_curve_callback(
+        self,
+        domain: str,
+        provider: Callable[[str, bytes], bool | Awaitable[bool]] | None,
+        *,
+        timeout: float = 5.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+        max_outstanding: int = 64,
+    ) -> None:
+        """Let ``provider(domain, public_key)`` decide CURVE clients in ``domain``.
+
+        ``public_key`` is the client's 32-byte key (``zsec.Cert.from_keys(key)
+        .public_txt`` gives its Z85). The provider returns True to admit and
+        False (or None) to refuse; anything else, an exception, or no answer
+        within ``timeout`` seconds is a 500, logged once until it answers
+        again. A plain function runs on a small thread pool of its own (at
+        most 4 calls at once); a coroutine function runs on ``loop`` (default:
+        a loop thread this authenticator starts). The ZAP thread never
+        waits for a provider, so other domains keep being answered; beyond
+        ``max_outstanding`` unfinished calls, requests get a 500 at once.
+        Replaces any other CURVE configuration of ``domain``; ``None``
+        removes it.
+        """
+        check_domain(domain)
+        if provider is None:
+            self._set_curve(domain, None, None)
+            return
+        if not callable(provider):
+            raise ZsecTypeError(f"provider must be callable, not {type(provider).__name__}")
+        if not 0 < timeout < math.inf:
+            raise ZsecValueError("timeout must be a positive, finite number of seconds")
+        if not isinstance(max_outstanding, int) or max_outstanding < 1:
+            raise ZsecValueError("max_outstanding must be a positive int")
+        is_async = inspect.iscoroutinefunction(provider) or inspect.iscoroutinefunction(
+            getattr(provider, "__call__", None)  # noqa: B004 - async __call__ of an object
+        )
+        callback = CurveCallback(
+            provider,
+            is_async=is_async,
+            timeout=float(timeout),
+            loop=loop,
+            max_outstanding=max_outstanding,
+        )
+        self._set_curve(domain, callback, None)
+
+    def _set_curve(
+        self, domain: str, source: CertStore | _AllowAny | CurveCallback | None, owned: Any
+    ) -> None:
+        runner = None
+        if type(source) is CurveCallback:
+            runner = _Runner(source, domain, self._event_loop)
         with self._lock:
             if self._stopped:
                 if owned is not None:
                     owned.close()
                 self._check_running()
             curve = dict(self._policy.curve)
-            if source is None:
-                curve.pop(domain, None)
-            else:
+            replaced = curve.pop(domain, None)
+            if source is not None:
                 curve[domain] = source
+            if runner is not None:
+                self._runners[runner.callback] = runner
             self._policy = self._policy.replace(curve=curve)
             previous = self._owned.pop(domain, None)
             if owned is not None:
                 self._owned[domain] = owned
+            old_runner = None
+            if type(replaced) is CurveCallback:
+                old_runner = self._runners.pop(replaced, None)
         if previous is not None:
             previous.close()
+        if old_runner is not None:
+            # Its calls in progress finish (their verdicts go to the new source).
+            old_runner.close()
+
+    @property
+    def curve_user_id(self) -> Callable[[bytes], str | bytes] | None:
+        """The hook that names admitted CURVE clients: ``hook(public_key) -> User-Id``.
+
+        ``None`` (the default) gives the client's key in Z85. The hook gets
+        the 32-byte key, runs on the ZAP thread for every admitted client
+        (keep it fast) and must return 1-255 bytes (or str) without NUL;
+        a failure or a bad value refuses the client with a 500. It applies
+        to every CURVE source: directories, stores, ALLOW_ANY and providers.
+        The live-revocation guard knows store clients by their key: with a
+        hook, guarded sockets refuse clients admitted from a store.
+        """
+        return self._policy.curve_user_id
+
+    @curve_user_id.setter
+    def curve_user_id(self, hook: Callable[[bytes], str | bytes] | None) -> None:
+        if hook is not None and not callable(hook):
+            raise ZsecTypeError(
+                f"curve_user_id must be callable or None, not {type(hook).__name__}"
+            )
+        self._update(curve_user_id=hook)
 
     # -- live revocation ----------------------------------------------------------
 
@@ -337,6 +592,17 @@ class Auth:
 
     # -- lifecycle --------------------------------------------------------------
 
+    def start(self) -> None:
+        """Do nothing: an ``Auth`` answers from the moment it is constructed.
+
+        Kept so that code written for pyzmq's ``auth.start()`` reads right.
+        Raises ``AuthError`` on a stopped one: make a new ``Auth`` instead.
+        """
+        if self._stopped:
+            raise AuthError(
+                "this authenticator is stopped and cannot restart; make a new zsec.Auth"
+            )
+
     def stop(self) -> None:
         """Stop answering and unbind the ZAP endpoint; idempotent and bounded.
 
@@ -355,6 +621,21 @@ class Auth:
             log.error("authenticator thread did not stop within %.0fs", _STOP_SECONDS)
         for store in owned:
             store.close()
+        with self._lock:
+            runners, self._runners = list(self._runners.values()), {}
+            loop, thread, self._loop = self._loop, self._loop_thread, None
+        for runner in runners:
+            runner.close()
+        with self._poster_lock:
+            if self._poster is not None:
+                self._poster.close(linger=0)
+                self._poster = None
+        if loop is not None and thread is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_stop_loop, loop)
+            thread.join(_STOP_SECONDS)
+            if not thread.is_alive():
+                loop.close()
 
     def _wake(self) -> None:
         try:
@@ -379,6 +660,24 @@ class Auth:
     def __enter__(self) -> Auth:
         return self
 
+    def __setattr__(self, name: str, value: object) -> None:
+        # A misspelt or pyzmq-only setting (auth.verbosity = True, say) must
+        # fail loudly, not be silently ignored. Private names are the
+        # implementation's; once constructed, a public name must be a
+        # property, an attribute set by __init__, or declared by a subclass.
+        if (
+            not name.startswith("_")
+            and self.__dict__.get("_sealed")
+            and name not in self.__dict__
+            and not isinstance(getattr(type(self), name, None), property)
+            and not any(name in getattr(c, "__annotations__", {}) for c in type(self).__mro__)
+        ):
+            raise AttributeError(
+                f"zsec.Auth has no setting {name!r}; see help(zsec.Auth) for its methods "
+                "and properties"
+            )
+        object.__setattr__(self, name, value)
+
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
@@ -388,3 +687,184 @@ class Auth:
             f"<zsec.Auth {state} allow={len(self._policy.allow)} deny={len(self._policy.deny)} "
             f"plain={sorted(self._policy.plain)} curve={sorted(self._policy.curve)}>"
         )
+
+
+def _password_source(passwords: Any) -> PasswordFile | PasswordTable:
+    """A ``PasswordFile`` or ``PasswordTable`` for what ``configure_plain`` was given."""
+    if isinstance(passwords, (PasswordFile, PasswordTable)):
+        return passwords
+    if isinstance(passwords, Mapping):
+        return PasswordTable(passwords)
+    return PasswordFile(passwords)
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+    # One more turn lets the cancelled tasks unwind before the loop stops.
+    loop.call_soon(loop.stop)
+
+
+class _Job:
+    """One provider decision in progress (the pump's bookkeeping)."""
+
+    __slots__ = ("deadline", "frames", "future", "runner")
+
+    def __init__(self, frames: list[bytes], runner: _Runner, deadline: float, future: Any) -> None:
+        self.frames = frames
+        self.runner = runner
+        self.deadline = deadline
+        self.future = future
+
+
+class _Runner:
+    """Runs one ``CurveCallback``'s provider off the ZAP thread, and judges what it returns.
+
+    ``inflight`` and the log-once bookkeeping belong to the ZAP thread;
+    ``start`` hands the call to a worker thread (plain functions) or an
+    event loop (coroutines), which report through ``done(kind, value)``.
+    """
+
+    def __init__(
+        self,
+        callback: CurveCallback,
+        domain: str,
+        default_loop: Callable[[], asyncio.AbstractEventLoop],
+    ) -> None:
+        self.callback = callback
+        self.domain = domain
+        self.inflight = 0
+        self._reported: set[str] = set()
+        self._default_loop = default_loop
+        self._workers = None if callback.is_async else _Workers(f"zsec-curve:{domain}", 4)
+
+    def start(
+        self, domain: str, key: bytes, done: Callable[[str, object], None]
+    ) -> concurrent.futures.Future[Any] | None:
+        """Begin one decision; returns a future to cancel on timeout, if there is one."""
+        if self._workers is None:
+            result = self.callback.provider(domain, key)
+            if not inspect.isawaitable(result):
+                done("value", result)
+                return None
+            return self._on_loop(result, done)
+        self._workers.submit(functools.partial(self._call, domain, key, done))
+        return None
+
+    def _call(self, domain: str, key: bytes, done: Callable[[str, object], None]) -> None:
+        try:
+            result = self.callback.provider(domain, key)
+            if inspect.isawaitable(result):
+                self._on_loop(result, done)
+                return
+        except Exception as exc:  # noqa: BLE001 - reported as a 500 by the ZAP thread
+            done("error", exc)
+            return
+        done("value", result)
+
+    def _on_loop(
+        self, awaitable: Awaitable[Any], done: Callable[[str, object], None]
+    ) -> concurrent.futures.Future[Any]:
+        loop = self.callback.loop or self._default_loop()
+        try:
+            future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop)
+        except BaseException:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never awaited: say nothing about it at exit
+            raise
+        future.add_done_callback(lambda f: done(*_outcome(f)))
+        return future
+
+    def verdict(self, kind: str, value: object) -> bytes:
+        """The status for an outcome: 200 for True, 400 for False or None, else 500 (logged)."""
+        if kind == "value":
+            if value is True or value is False or value is None:
+                if self._reported:
+                    self._reported.clear()
+                    log.warning("CURVE provider for domain %r answers again", self.domain)
+                return b"200" if value is True else b"400"
+            name = type(value).__name__
+            self.report(f"value:{name}", f"returned a {name}, not True or False")
+            return b"500"
+        exc = value if isinstance(value, BaseException) else None
+        name = type(value).__name__
+        self.report(f"error:{name}", f"raised {name}: {value}", exc)
+        return b"500"
+
+    def report(self, kind: str, detail: str, exc: BaseException | None = None) -> None:
+        """Log a provider's failure once per kind, until it gives a verdict again."""
+        if kind in self._reported:
+            return
+        self._reported.add(kind)
+        with contextlib.suppress(Exception):
+            log.error(
+                "CURVE provider %r for domain %r %s; its clients get a 500 "
+                "(logged once until it answers again)",
+                self.callback,
+                self.domain,
+                detail,
+                exc_info=None if exc is None else (type(exc), exc, exc.__traceback__),
+            )
+
+    def close(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _outcome(future: concurrent.futures.Future[Any]) -> tuple[str, object]:
+    if future.cancelled():
+        return "error", asyncio.CancelledError()
+    exc = future.exception()
+    if exc is not None:
+        return "error", exc
+    return "value", future.result()
+
+
+class _Workers:
+    """A few daemon threads running submitted calls in order.
+
+    Not ``ThreadPoolExecutor``: its threads are joined at interpreter exit,
+    so one provider that never returns would hang the process's exit.
+    """
+
+    def __init__(self, name: str, size: int) -> None:
+        self._name = name
+        self._size = size
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            if self._closed:
+                raise AuthError("this CURVE provider was replaced or stopped")
+            if self._idle == 0 and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._work, name=self._name, daemon=True).start()
+        self._queue.put(call)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            call = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if call is None:
+                return
+            with contextlib.suppress(Exception):
+                call()
+
+    def close(self) -> None:
+        """Let the threads finish what is queued, then end."""
+        with self._lock:
+            self._closed = True
+            threads = self._threads
+        for _ in range(threads):
+            self._queue.put(None)

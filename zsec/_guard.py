@@ -35,7 +35,6 @@ import ctypes
 import itertools
 import logging
 import socket as socketlib
-import struct
 import sys
 import threading
 import time
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
 
+from . import _zap
 from ._errors import SocketConfigError, ZsecTypeError
 from ._monitor import subscribe as monitor_subscribe
 from ._zap import Policy, ZapReply, ZapRequest, limit_key
@@ -67,7 +67,7 @@ REVOKED_REPLY = b"zsec: access revoked"
 #: How often password files are looked at for changes, in seconds.
 PASSWORD_POLL_SECONDS = 0.05
 _CACHE_LIMIT = 100_000
-_SEEN_LIMIT = 100_000
+_ADDRESSES_PER_IDENTITY = 64
 _RECEIVERS = {
     zmq.ROUTER: "ROUTER",
     zmq.DEALER: "DEALER",
@@ -78,7 +78,7 @@ _RECEIVERS = {
     zmq.XPUB: "XPUB",
     zmq.REP: "REP",
 }
-_MECHANISMS = {b"n": "NULL", b"p": "PLAIN", b"a": "CURVE", b"c": "CURVE"}
+_MECHANISMS = {b"n": "NULL", b"p": "PLAIN", b"a": "CURVE", b"c": "CURVE", b"k": "CURVE"}
 
 Endpoints = tuple[bytes, bytes]  # raw (local, peer) socket addresses of a connection
 
@@ -116,23 +116,44 @@ class Grants:
         # (domain, tag, user id) -> IPs admitted with it: for connections
         # that never spoke, the only link between them and an identity.
         self._seen: dict[tuple[bytes, bytes, bytes], set[bytes]] = {}
+        #: (password set, its version) just before the last PLAIN check; the
+        #: authenticator thread alone writes and reads it.
+        self.checking: tuple[Any, int] | None = None
 
     def stamp(self, policy: Policy, request: ZapRequest, reply: ZapReply) -> ZapReply:
         """Return ``reply`` with a grant property added (unchanged if nothing admits it)."""
-        tag = policy.grant_tag(request.mechanism, request.domain, reply.user_id)
+        tag = policy.grant_tag(request.mechanism, request.domain, reply.user_id, request.client_key)
         if tag is None:
             return reply
+        if request.mechanism == b"PLAIN":
+            checking, self.checking = self.checking, None
+            if checking is None or checking[0].version != checking[1]:
+                # The entries changed around the check: the tag might name an
+                # entry other than the one the password matched. Unstamped,
+                # the guard refuses the connection; the client redials.
+                return reply
         value = b"%x." % next(self._next) + tag
         key = (request.domain, tag, reply.user_id)
-        with self._lock:
-            addresses = self._seen.get(key)
-            if addresses is None:
-                if len(self._seen) >= _SEEN_LIMIT:
-                    self._seen.pop(next(iter(self._seen)))
-                addresses = self._seen[key] = set()
-            addresses.add(request.address)
-        prop = _GRANT_PREFIX + struct.pack(">I", len(value)) + value
-        return reply._replace(metadata=reply.metadata + prop)
+        addresses = self._seen.get(key)
+        if addresses is None or request.address not in addresses:
+            with self._lock:
+                addresses = self._seen.get(key)
+                if addresses is None:
+                    # Bounded like the policy's caches: hostile traffic with
+                    # ever-new keys (CURVE_ALLOW_ANY) must not grow memory.
+                    if len(self._seen) >= _zap._CACHE_LIMIT:
+                        self._seen.pop(next(iter(self._seen)))
+                    addresses = self._seen[key] = set()
+                if len(addresses) < _ADDRESSES_PER_IDENTITY:
+                    addresses.add(request.address)
+        prop = _GRANT_PREFIX + len(value).to_bytes(4, "big") + value
+        return ZapReply(
+            reply.request_id,
+            reply.status_code,
+            reply.status_text,
+            reply.user_id,
+            reply.metadata + prop,
+        )
 
     def revoked_addresses(self, policy: Policy) -> dict[bytes, set[str]]:
         """Forget the identities ``policy`` no longer admits; return their IPs per domain."""

@@ -13,13 +13,21 @@ import contextlib
 import functools
 import hashlib
 import ipaddress
+import itertools
 import logging
 import struct
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
-from ._errors import AddressError, SocketConfigError, ZapError, ZsecError, ZsecTypeError
-from ._keys import KEY_BYTES, z85_encode
+from ._errors import (
+    AddressError,
+    SocketConfigError,
+    ZapError,
+    ZsecError,
+    ZsecTypeError,
+    ZsecValueError,
+)
+from ._keys import KEY_BYTES, coerce_key, z85_encode
 
 if TYPE_CHECKING:
     from ._guard import Grants
@@ -61,6 +69,51 @@ CURVE_ALLOW_ANY = _AllowAny()
 RESERVED_PROPERTIES = frozenset(
     {"user-id", "identity", "routing-id", "socket-type", "peer-address", "resource"}
 )
+
+
+class CurveCallback:
+    """A CURVE key decision delegated to the application's ``provider(domain, public_key)``.
+
+    The policy never calls the provider: a request it must decide comes back
+    from ``Policy.handle`` as a ``Pending``, the authenticator runs the
+    provider off its thread and hands the verdict back with ``handle(frames,
+    verdict=(callback, status))``. ``is_async`` says the provider is a
+    coroutine function; ``loop`` is the event loop its coroutines run on
+    (None: the authenticator's own); ``timeout`` bounds one decision.
+    """
+
+    __slots__ = ("is_async", "loop", "max_outstanding", "provider", "serial", "timeout")
+    _serials = itertools.count(1)
+
+    def __init__(
+        self,
+        provider: Callable[[str, bytes], Any],
+        *,
+        is_async: bool,
+        timeout: float,
+        loop: Any = None,
+        max_outstanding: int = 64,
+    ) -> None:
+        self.provider = provider
+        self.is_async = is_async
+        self.timeout = timeout
+        self.loop = loop
+        self.max_outstanding = max_outstanding
+        self.serial = next(self._serials)
+
+    def __repr__(self) -> str:
+        name = getattr(self.provider, "__qualname__", type(self.provider).__qualname__)
+        return f"<CurveCallback {name} timeout={self.timeout:g}s>"
+
+
+class Pending(NamedTuple):
+    """A CURVE request that waits for its domain's ``CurveCallback`` to decide."""
+
+    request: ZapRequest
+    callback: CurveCallback
+
+
+CurveSource: TypeAlias = "CertStore | _AllowAny | CurveCallback"
 
 
 class ZapRequest(NamedTuple):
@@ -234,6 +287,21 @@ def check_domain(domain: object, *, server: bool = False) -> str:
     return domain
 
 
+def check_user_id(user_id: object) -> bytes:
+    """Return a User-Id as bytes if libzmq can carry it intact, else raise.
+
+    1-255 bytes (RFC 27), and no NUL: ``zmq_msg_gets`` would cut the value
+    there and the application would read a different identity.
+    """
+    if isinstance(user_id, str):
+        user_id = user_id.encode("utf-8")
+    if not isinstance(user_id, bytes):
+        raise ZsecTypeError(f"a User-Id must be str or bytes, not {type(user_id).__name__}")
+    if not 0 < len(user_id) <= MAX_FIELD or b"\0" in user_id:
+        raise ZsecValueError("a User-Id must be 1-255 bytes without NUL")
+    return user_id
+
+
 # -- addresses -------------------------------------------------------------------
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -316,6 +384,7 @@ BANNED = b"address banned after repeated failures"
 UNKNOWN_USER = b"unknown user"
 WRONG_PASSWORD = b"wrong password"
 UNKNOWN_KEY = b"unknown CURVE key"
+PROVIDER_FAILED = b"CURVE provider failed"
 NOT_ALLOWED = b"address not in the allow list"
 DENIED = b"address is in the deny list"
 # Refusals the client caused; server-side trouble (a missing password file,
@@ -328,10 +397,12 @@ class Policy:
     """An immutable authentication policy: address lists plus per-domain PLAIN and CURVE.
 
     ``plain`` and ``curve`` map a domain (``"*"`` for every domain without
-    its own entry) to a ``PasswordFile`` and to a ``CertStore`` or
-    ``CURVE_ALLOW_ANY``. An optional ``limiter`` bans addresses that fail
-    too often (``handle`` records the failures). Change it by making a new
-    one with ``replace``.
+    its own entry) to a ``PasswordFile`` (or ``PasswordTable``) and to a
+    ``CertStore``, ``CURVE_ALLOW_ANY`` or a ``CurveCallback``. An optional
+    ``limiter`` bans addresses that fail too often (``handle`` records the
+    failures); an optional ``curve_user_id(public_key) -> str | bytes``
+    chooses the User-Id of admitted CURVE clients (default: the key in
+    Z85). Change it by making a new one with ``replace``.
     """
 
     __slots__ = (
@@ -339,8 +410,10 @@ class Policy:
         "_curve",
         "_curve_cache",
         "_plain",
+        "_tag_cache",
         "allow",
         "curve",
+        "curve_user_id",
         "deny",
         "grants",
         "limiter",
@@ -354,9 +427,10 @@ class Policy:
         allow: Iterable[object] = (),
         deny: Iterable[object] = (),
         plain: Mapping[str, PasswordFile] | None = None,
-        curve: Mapping[str, CertStore | _AllowAny] | None = None,
+        curve: Mapping[str, CurveSource] | None = None,
         verbose: bool = False,
         limiter: FailureLimiter | None = None,
+        curve_user_id: Callable[[bytes], str | bytes] | None = None,
         grants: Grants | None = None,
     ) -> None:
         put = object.__setattr__
@@ -366,6 +440,7 @@ class Policy:
         put(self, "curve", dict(curve or {}))
         put(self, "verbose", bool(verbose))
         put(self, "limiter", limiter)
+        put(self, "curve_user_id", curve_user_id)
         put(self, "grants", grants)
         # Byte-keyed views for the request path, and caches of derived answers
         # (valid for this policy only, since a new policy starts empty).
@@ -373,6 +448,7 @@ class Policy:
         put(self, "_curve", {k.encode(): v for k, v in self.curve.items()})
         put(self, "_address_cache", {})
         put(self, "_curve_cache", {})
+        put(self, "_tag_cache", {})
 
     def replace(self, **changes: Any) -> Policy:
         """Return a copy with some of allow, deny, plain, curve, verbose changed."""
@@ -383,6 +459,7 @@ class Policy:
             "curve": self.curve,
             "verbose": self.verbose,
             "limiter": self.limiter,
+            "curve_user_id": self.curve_user_id,
             "grants": self.grants,
         }
         fields.update(changes)
@@ -391,14 +468,16 @@ class Policy:
     allow: tuple[Network, ...]
     deny: tuple[Network, ...]
     plain: dict[str, PasswordFile]
-    curve: dict[str, CertStore | _AllowAny]
+    curve: dict[str, CurveSource]
     verbose: bool
     limiter: FailureLimiter | None
+    curve_user_id: Callable[[bytes], str | bytes] | None
     grants: Grants | None
     _plain: dict[bytes, PasswordFile]
-    _curve: dict[bytes, CertStore | _AllowAny]
+    _curve: dict[bytes, CurveSource]
     _address_cache: dict[bytes, bytes]
     _curve_cache: dict[bytes, tuple[object, bytes, bytes]]
+    _tag_cache: dict[bytes, tuple[object, bytes]]
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Policy is immutable; use replace()")
@@ -428,8 +507,15 @@ class Policy:
             return DENIED
         return b""
 
-    def decide(self, request: ZapRequest) -> ZapReply:
-        """Answer a validated request: 200 with a User-Id and metadata, or 400 with a reason."""
+    def decide(
+        self, request: ZapRequest, verdict: tuple[CurveCallback, bytes] | None = None
+    ) -> ZapReply | Pending:
+        """Answer a validated request: 200 with a User-Id and metadata, or 400 with a reason.
+
+        A CURVE request in a domain decided by a ``CurveCallback`` gives a
+        ``Pending`` instead, until it is asked again with ``verdict`` =
+        (that callback, b"200" | b"400" | b"500").
+        """
         if self.limiter is not None and self.limiter.is_banned(limit_key(request.address)):
             # Refused before any credential is looked at: the right password
             # does not get through a ban either. 400, not 300: with 300
@@ -452,15 +538,20 @@ class Policy:
             if passwords is None:
                 return ZapReply(request.request_id, b"400", b"no PLAIN passwords for this domain")
             username, password = request.credentials
+            if self.grants is not None:
+                # The grant must name the entry this check used (see Grants.stamp).
+                self.grants.checking = (passwords, passwords.version)
             reason = passwords.check(username, password)
             if reason:
                 return ZapReply(request.request_id, b"400", reason)
             return ZapReply(request.request_id, b"200", _OK, username)
         if mechanism == b"CURVE":
-            return self._decide_curve(request)
+            return self._decide_curve(request, verdict)
         return ZapReply(request.request_id, b"400", b"unsupported mechanism")
 
-    def _decide_curve(self, request: ZapRequest) -> ZapReply:
+    def _decide_curve(
+        self, request: ZapRequest, verdict: tuple[CurveCallback, bytes] | None
+    ) -> ZapReply | Pending:
         source = self._curve.get(request.domain)
         if source is None:
             source = self._curve.get(b"*")
@@ -472,7 +563,18 @@ class Policy:
             if cached is None or cached[0] is not CURVE_ALLOW_ANY:
                 cached = (CURVE_ALLOW_ANY, z85_encode(key).encode("ascii"), b"")
                 self._remember_curve(key, cached)
-            return ZapReply(request.request_id, b"200", _OK, cached[1])
+            return ZapReply(request.request_id, b"200", _OK, self._user_id(key, cached[1]))
+        if type(source) is CurveCallback:
+            # A verdict counts only if this domain's callback gave it: one from
+            # a provider replaced meanwhile is asked again of the new one.
+            if verdict is None or verdict[0] is not source:
+                return Pending(request, source)
+            if verdict[1] == b"200":
+                user_id = self._user_id(key, None)
+                return ZapReply(request.request_id, b"200", _OK, user_id)
+            if verdict[1] == b"400":
+                return ZapReply(request.request_id, b"400", UNKNOWN_KEY)
+            return ZapReply(request.request_id, b"500", PROVIDER_FAILED)
         cert = source.lookup(key)  # type: ignore[union-attr]
         if cert is None:
             return ZapReply(request.request_id, b"400", UNKNOWN_KEY)
@@ -480,14 +582,25 @@ class Policy:
         if cached is None or cached[0] is not cert:
             cached = (cert, cert.public_txt.encode("ascii"), cert_properties(cert.metadata))
             self._remember_curve(key, cached)
-        return ZapReply(request.request_id, b"200", _OK, cached[1], cached[2])
+        return ZapReply(request.request_id, b"200", _OK, self._user_id(key, cached[1]), cached[2])
 
-    def grant_tag(self, mechanism: bytes, domain: bytes, user_id: bytes) -> bytes | None:
+    def _user_id(self, key: bytes, default: bytes | None) -> bytes:
+        """The User-Id of an admitted CURVE client: the hook's answer, else its key in Z85."""
+        hook = self.curve_user_id
+        if hook is None:
+            return default if default is not None else z85_encode(key).encode("ascii")
+        return check_user_id(hook(key))
+
+    def grant_tag(
+        self, mechanism: bytes, domain: bytes, user_id: bytes, key: bytes = b""
+    ) -> bytes | None:
         """What admits ``user_id`` in ``domain`` under this policy now, or None if nothing does.
 
         The live-revocation guard compares it with the tag recorded when a
         connection was admitted: any difference means the credentials that
-        admitted it have changed. Addresses are judged separately.
+        admitted it have changed. Addresses are judged separately. For
+        CURVE, ``key`` (the raw client key, when known) spares decoding
+        ``user_id``.
         """
         if mechanism == b"NULL":
             return b"n"
@@ -497,8 +610,18 @@ class Policy:
                 passwords = self._plain.get(b"*")
             if passwords is None:
                 return None
+            version = passwords.version
+            cached = self._tag_cache.get(user_id)
+            if cached is not None and cached[0] == (passwords, version):
+                return cached[1]
             entry = passwords.entry_tag(user_id)
-            return None if entry is None else b"p" + entry.hex().encode()
+            if entry is None:
+                return None
+            tag = b"p" + entry.hex().encode()
+            if len(self._tag_cache) >= _CACHE_LIMIT:
+                self._tag_cache.clear()
+            self._tag_cache[user_id] = ((passwords, version), tag)
+            return tag
         if mechanism == b"CURVE":
             source = self._curve.get(domain)
             if source is None:
@@ -507,14 +630,27 @@ class Policy:
                 return None
             if source is CURVE_ALLOW_ANY:
                 return b"a"
-            try:
-                cert = source.lookup(user_id.decode("ascii"))  # type: ignore[union-attr]
-            except (ZsecError, UnicodeDecodeError):
-                return None
+            if type(source) is CurveCallback:
+                # A provider is not asked again for a live connection: it
+                # stands while the same provider decides the domain.
+                return b"k%x" % source.serial
+            if len(key) != KEY_BYTES:
+                try:
+                    key = coerce_key(user_id.decode("ascii"))
+                except (ZsecError, UnicodeDecodeError):
+                    return None
+            cert = source.lookup(key)  # type: ignore[union-attr]
             if cert is None:
                 return None
-            meta = hashlib.blake2b(cert_properties(cert._meta), digest_size=8).hexdigest()
-            return b"c" + meta.encode()
+            cached = self._tag_cache.get(key)
+            if cached is not None and cached[0] is cert:
+                return cached[1]
+            meta = hashlib.blake2b(cert_properties(cert.metadata), digest_size=8).hexdigest()
+            tag = b"c" + meta.encode()
+            if len(self._tag_cache) >= _CACHE_LIMIT:
+                self._tag_cache.clear()
+            self._tag_cache[key] = (cert, tag)
+            return tag
         return None
 
     def _remember_curve(self, key: bytes, entry: tuple[object, bytes, bytes]) -> None:
@@ -524,12 +660,16 @@ class Policy:
 
     # -- the authenticator's entry point --------------------------------------
 
-    def handle(self, frames: list[bytes]) -> list[bytes] | None:
+    def handle(
+        self, frames: list[bytes], verdict: tuple[CurveCallback, bytes] | None = None
+    ) -> list[bytes] | Pending | None:
         """Answer one ROUTER message: ``[routing-id..., b"", request frames...]``.
 
         Returns the reply frames to send (the same envelope, then the
-        reply), or None to drop a message that has no envelope. Never
-        raises: a malformed request gets a 400 and an internal failure a 500.
+        reply), None to drop a message that has no envelope, or a
+        ``Pending`` when a CURVE provider must decide first (pass its
+        ``verdict`` with the same frames to get the reply). Never raises: a
+        malformed request gets a 400 and an internal failure a 500.
         """
         start = envelope_end(frames)
         if start is None:
@@ -541,7 +681,9 @@ class Policy:
             log.warning("malformed ZAP request: %s", exc)
             return error_reply(frames, exc.status, str(exc).encode())
         try:
-            reply = self.decide(request)
+            reply = self.decide(request, verdict)
+            if isinstance(reply, Pending):
+                return reply
         except Exception as exc:  # noqa: BLE001 - the handler must answer whatever happens
             log.error(
                 "ZAP decision failed (%s: %s); answered 500 for mechanism=%s address=%s",
@@ -627,11 +769,14 @@ def _trace(request: ZapRequest, reply: ZapReply) -> None:
 __all__ = [
     "CURVE_ALLOW_ANY",
     "AddressError",
+    "CurveCallback",
+    "Pending",
     "Policy",
     "ZapError",
     "ZapReply",
     "ZapRequest",
     "cert_properties",
+    "check_user_id",
     "decode_properties",
     "encode_properties",
     "parse_address_rule",
