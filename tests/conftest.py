@@ -53,3 +53,13 @@ def passwords(tmp_path: Path) -> zsec.PasswordFile:
     path = tmp_path / "passwords.txt"
     path.write_bytes(b"admin=secret\nguest=guest-pw\n")
     return zsec.PasswordFile(path, check_interval=0)
+
+
+@pytest.fixture(scope="module")
+def etcd_server() -> Iterator[Any]:
+    """A real etcd on 127.0.0.1 in a temp dir, shared by one test module (use unique prefixes)."""
+    from .etcd_server import EtcdServer
+
+    server = EtcdServer().start()
+    yield server
+    server.stop()

@@ -203,3 +203,58 @@ def test_no_secret_appears_anywhere(tmp_path: Path) -> None:
     for cert in certs:
         for form in _secret_forms(cert):
             assert form not in everything
+
+
+def test_no_secret_appears_in_the_etcd_flows(etcd_server: Any, tmp_path: Path) -> None:
+    """zsec trust, the etcd source and its errors: no secret key, no etcd password."""
+    from zsec._etcd import EtcdSettings, EtcdSource
+
+    collector = _Collector()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(collector)
+    root.setLevel(logging.DEBUG)
+    texts = collector.texts
+    etcd_password = "Etcd-Pass-Value-77"
+    leaked = zsec.Cert()
+    try:
+        endpoint = etcd_server.endpoint
+        # A certificate file with its secret key given to zsec trust add.
+        leaked.save_secret(tmp_path / "leaked.key")
+        out, err = io.StringIO(), io.StringIO()
+        prefix = "/nosecrets/"
+        conn = ["--endpoints", endpoint, "--prefix", prefix]
+        main(["trust", "add", *conn, str(tmp_path / "leaked.key")], stdout=out, stderr=err)
+        main(["trust", "list", *conn], stdout=out, stderr=err)
+        # A password for an etcd without auth, and for an unreachable one.
+        for where in (endpoint, "127.0.0.1:9"):
+            main(
+                ["trust", "list", "--endpoints", where, "--user", "u", "--password-stdin"],
+                stdin=io.StringIO(etcd_password + "\n"),
+                stdout=out,
+                stderr=err,
+            )
+        texts += [out.getvalue(), err.getvalue()]
+        settings = EtcdSettings((endpoint,), user="u", password=etcd_password)
+        texts += [repr(settings), str(settings)]
+        # A value holding a secret key, followed by a source.
+        with settings.__class__((endpoint,)).connect() as c:
+            secret_text = (tmp_path / "leaked.key").read_bytes()
+            c.txn({f"{prefix}{leaked.public_txt}".encode(): secret_text})
+            values = c.get_prefix(prefix.encode())[1]
+        assert secret_text in values.values()  # the flow really stored one
+        source = EtcdSource(endpoint, prefix=prefix)
+        with zsec.CertStore(source) as store:
+            assert store.wait_ready(10)
+            texts += [repr(source), repr(store), *(repr(c) for c in store)]
+        bad = EtcdSource(endpoint, prefix=prefix, user="u", password=etcd_password)
+        texts.append(repr(bad))
+    finally:
+        root.removeHandler(collector)
+        root.setLevel(old_level)
+    everything = "\n".join(texts)
+    assert "Trusted" in everything and "only its public key goes to etcd" in everything
+    assert "etcd should hold public certificates only" in everything  # the flows ran
+    assert etcd_password not in everything
+    for form in _secret_forms(leaked):
+        assert form not in everything

@@ -12,6 +12,9 @@ from ._errors import (
     AddressError,
     AuthError,
     CertificateError,
+    EtcdError,
+    EtcdPermissionError,
+    EtcdUnavailable,
     FileAccessError,
     HandshakeTimeout,
     KeyFormatError,
@@ -25,6 +28,7 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
+from ._etcd import EtcdBans, EtcdPasswords, EtcdSource
 from ._guard import REVOKED_REPLY, AsyncGuardedSocket, Cut, GuardedSocket
 from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
@@ -55,6 +59,12 @@ __all__ = [
     "CertStore",
     "CertificateError",
     "Cut",
+    "EtcdBans",
+    "EtcdError",
+    "EtcdPasswords",
+    "EtcdPermissionError",
+    "EtcdSource",
+    "EtcdUnavailable",
     "FailureLimiter",
     "FileAccessError",
     "GuardedSocket",

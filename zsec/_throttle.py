@@ -42,6 +42,9 @@ class FailureLimiter:
         # reconnect of each connection the guard cut must not ban bystanders.
         self._excused: dict[bytes, tuple[int, float]] = {}
         self._ban_listeners: tuple[Callable[[bytes], None], ...] = ()
+        # Bans from elsewhere in a fleet (address -> end on this clock), replaced
+        # as a whole by their feeder (zsec.EtcdBans); read here without a lock.
+        self.shared_bans: dict[bytes, float] = {}
 
     def reconfigure(self, max_failures: int, window: float, ban: float) -> None:
         """Change the limits; bans and counts in progress are kept."""
@@ -65,7 +68,8 @@ class FailureLimiter:
         """True while ``address`` is banned; notices (and logs) a ban that has ended."""
         until = self._banned.get(address)
         if until is None:
-            return False
+            shared = self.shared_bans.get(address)
+            return shared is not None and self._clock() < shared
         if self._clock() < until:
             return True
         self._end(address)

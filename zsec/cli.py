@@ -173,6 +173,10 @@ def _parser() -> argparse.ArgumentParser:
         "loopback: in each, the right client receives Hello and an intruder is refused.",
     )
     demo.set_defaults(run=_cmd_demo)
+
+    from ._trustcli import add_trust_parser
+
+    add_trust_parser(sub)
     return parser
 
 
