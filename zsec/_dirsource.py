@@ -348,9 +348,12 @@ class DirectorySource(TrustSource):
             # listing (and the claim to have seen the directory) can wait.
 
     def _refresh_all(self, files: dict[str, bool], put: dict[str, Cert], gone: set[str]) -> None:
+        """Re-read files; log what is wrong with those not possibly still being written."""
         for path, in_progress in files.items():
             if td.under(path, self.root):
-                self._refresh(path, in_progress, put, gone)
+                problem = self._refresh(path, put, gone)
+                if problem is not None and not in_progress:
+                    self._report(path, problem, self._reported)
 
     def _root_stamp(self) -> tuple[tuple[int, ...], bool] | None:
         """The root's stamp for read-your-writes, and whether it is so recent that it may be stale.
@@ -523,13 +526,13 @@ class DirectorySource(TrustSource):
         for path, signature in found.secrets.items():
             self._note_secret(path, signature, path in found.entries)
 
-    def _refresh(self, path: str, in_progress: bool, put: dict[str, Cert], gone: set[str]) -> None:
-        """Re-read one file after an event and record what the store must hold for it."""
+    def _refresh(self, path: str, put: dict[str, Cert], gone: set[str]) -> str | None:
+        """Re-read one file and record what the store must hold for it; return why not, if so."""
         if td.skipped_path(path, self.root):
             if td.secret_name(os.path.basename(path)):
                 self._note_secret(path, td.secret_signature(self._real_of(path)), False)
             self._drop(path, put, gone)
-            return
+            return None
         real = self._real_of(path)
         try:
             st: os.stat_result | None = os.lstat(real)
@@ -539,7 +542,7 @@ class DirectorySource(TrustSource):
             for table in (self._inodes, self._links, self._reported):
                 table.pop(path, None)
             self._drop(path, put, gone)
-            return
+            return None
         self._inodes[path] = st.st_ino
         problem: str | None = None
         if stat.S_ISLNK(st.st_mode):
@@ -559,16 +562,15 @@ class DirectorySource(TrustSource):
             if problem is not None:
                 problem = problem.replace(real, path)
         if loaded.cert is None:
-            if problem is not None and not in_progress:
-                self._report(path, problem, self._reported)
             self._drop(path, put, gone)
-            return
+            return problem
         put[path] = loaded.cert
         gone.discard(path)
         if self._reported.pop(path, None) is not None:
             log.info("certificate %s is valid again", path)
         if loaded.had_secret:
             self._note_secret(path, td.secret_signature(real), True)
+        return None
 
     def _drop(self, path: str, put: dict[str, Cert], gone: set[str]) -> None:
         put.pop(path, None)
