@@ -246,7 +246,7 @@ class CertStore:
 
     # -- the feed's side (TrustFeed calls these, from any thread) ---------------------
 
-    def _feed_reset(self, entries: Mapping[str, object]) -> None:
+    def _feed_reset(self, entries: Mapping[str, Cert]) -> None:
         clean = _trusted_entries(entries)
         with self._lock:
             if self._closed:
@@ -254,7 +254,7 @@ class CertStore:
             self._swap(*self._index.reset(clean))
         self._deliver()
 
-    def _feed_update(self, put: Mapping[str, object], delete: Iterable[str]) -> None:
+    def _feed_update(self, put: Mapping[str, Cert], delete: Iterable[str]) -> None:
         clean = _trusted_entries(put)
         gone = [_entry_name(name) for name in delete]
         with self._lock:
@@ -316,7 +316,7 @@ def _entry_name(name: object) -> str:
     return name
 
 
-def _trusted_entries(entries: Mapping[str, object]) -> dict[str, Cert]:
+def _trusted_entries(entries: Mapping[str, Cert]) -> dict[str, Cert]:
     """Check a feed's entries and keep a read-only public copy of each certificate."""
     clean: dict[str, Cert] = {}
     for name, cert in entries.items():
