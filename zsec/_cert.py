@@ -49,6 +49,9 @@ _FAST_CERT = re.compile(
     _SKIP_LINES + r"metadata[ \t]*\n((?:" + _META_LINE.replace("(", "(?:") + r")*)" + _CURVE_SECTION
 )
 _FAST_META = re.compile(_META_LINE)
+# Past this many lines a file is not a common certificate: trying the layout
+# first would only add its cost to the full reader's.
+_FAST_MAX_LINES = 64
 # The same layout with up to 8 metadata lines captured directly, which saves
 # a second pass over them in the common case.
 _FAST_LINES = 8
@@ -108,7 +111,7 @@ def fast_fields(
     texts are 40 characters of the Z85 alphabet, not yet decoded. ``share``
     (a dict's ``setdefault``) canonicalises metadata strings.
     """
-    if b"\r" in data or len(data) > MAX_CERT_BYTES:
+    if b"\r" in data or len(data) > MAX_CERT_BYTES or data.count(b"\n") > _FAST_MAX_LINES:
         return None
     try:
         text = data.decode("utf-8")
