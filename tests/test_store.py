@@ -818,7 +818,7 @@ def test_a_kubernetes_style_volume_swaps_its_keys_without_a_gap(
                 ),
                 what="the links re-read after ..data was swapped",
             )
-            assert dropped.public_key not in store._table  # its target is gone
+            wait_for(lambda: dropped.public_key not in store._table, what="its target gone")
             (volume / "added.key").symlink_to("..data/added.key")
             (volume / "dropped.key").unlink()
             shutil.rmtree(first)
@@ -851,23 +851,28 @@ def test_a_file_moved_out_is_revoked_without_waiting_for_a_matching_move(
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
     # watchdog holds a move-out until its move-in shows up or a delay passes
-    # (0.5 s); make it 3 s, so that a store that waits for it fails the 2 s
-    # deadlines below by a wide margin. (Closing the store then waits out the
-    # rest of the 3 s: watchdog's emitter sleeps through it.)
-    monkeypatch.setattr(InotifyMoveEventGrouper, "delay", 3)
+    # (0.5 s); make it 6 s, so that a store that waits for it fails the 4 s
+    # deadlines below, which a busy machine still meets with ease. (Closing the
+    # store then waits out the rest of the 6 s: watchdog's emitter sleeps.)
+    monkeypatch.setattr(InotifyMoveEventGrouper, "delay", 6)
     cert, marker = _cert(), _cert()
     _write_public(store_dir / "c.key", cert)
     with zsec.CertStore(store_dir) as store:
         assert store.observer_kind == "native" and cert.public_key in store
         os.rename(store_dir / "c.key", tmp_path / "taken-away.key")
-        wait_for(lambda: cert.public_key not in store._table, timeout=2, what="the move-out")
+        wait_for(lambda: cert.public_key not in store._table, timeout=4, what="the move-out")
         _write_public(store_dir / "marker.key", marker)  # not held behind it either
-        wait_for(lambda: marker.public_key in store._table, timeout=2, what="a later change")
+        wait_for(lambda: marker.public_key in store._table, timeout=4, what="a later change")
 
 
 def test_a_certificate_saved_just_before_a_lookup_is_found(
-    live: zsec.CertStore, store_dir: Path
+    live: zsec.CertStore, store_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from zsec import _dirsource
+
+    # The bound on the wait (100 ms) is a latency claim for the benchmarks;
+    # here, on a machine that may be very busy, only the mechanism is tested.
+    monkeypatch.setattr(_dirsource, "MISS_WAIT_SECONDS", 5.0)
     for i in range(30):
         cert = _cert(f"client {i}")
         cert.save_public(store_dir / f"client-{i}.key")
