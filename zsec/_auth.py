@@ -37,6 +37,7 @@ from ._events import (
 from ._guard import Grants
 from ._passwords import PasswordFile, PasswordTable
 from ._sockets import running_contexts
+from ._source import TrustSource
 from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import (
@@ -472,7 +473,7 @@ class Auth:
         """Check CURVE clients in ``domain`` (``"*"``: every domain without its own).
 
         ``location`` is a directory of trusted public certificates (followed
-        live), a ``CertStore``, ``zsec.CURVE_ALLOW_ANY`` (any client that
+        live), a ``CertStore`` or ``TrustSource``, ``zsec.CURVE_ALLOW_ANY`` (any client that
         knows the server key) or ``None`` to remove the configuration.
         pyzmq's ``'*'`` is refused: a string is always a directory here.
         """
@@ -486,11 +487,12 @@ class Auth:
                 "'*' is pyzmq's CURVE_ALLOW_ANY; for any client that knows the server key "
                 "pass zsec.CURVE_ALLOW_ANY (zsec never reads a path as 'allow any')"
             )
-        elif isinstance(location, (str, bytes, os.PathLike)):
+        elif isinstance(location, (str, bytes, os.PathLike, TrustSource)):
             source = owned = CertStore(location)
         else:
             raise ZsecTypeError(
-                "location must be a directory path, a CertStore, zsec.CURVE_ALLOW_ANY or None"
+                "location must be a directory path, a CertStore, a TrustSource, "
+                "zsec.CURVE_ALLOW_ANY or None"
             )
         self._set_curve(domain, source, owned)
 
