@@ -563,7 +563,6 @@ class Follower:
             except Exception as exc:  # noqa: BLE001 - the follower must outlive any failure
                 if self._stop.is_set():
                     return
-                self.failures += 1
                 if lost_since is None:
                     lost_since = time.monotonic()
                     self.reconnects += 1
@@ -573,6 +572,8 @@ class Follower:
                     if self.revision == 0:
                         self._set_ready(False, str(exc))
                     backoff = _MAX_BACKOFF
+                # Counted last, so that whoever sees the count also sees the reason.
+                self.failures += 1
                 endpoint += 1
             finally:
                 self._stream = None

@@ -32,15 +32,7 @@ from ._passwords import (
     parse_passwords,
     set_password,
 )
-
-# The store's own rule for names it never reads (in _trustdir once the store
-# is split; either way the same function the store calls).
-try:
-    from ._trustdir import skipped_name  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - before the split
-    from ._store import (  # type: ignore[attr-defined,no-redef,unused-ignore]
-        _skipped_name as skipped_name,
-    )
+from ._trustdir import OPT_OUT, dir_problem, link_problem, skipped_name, under
 
 PROG = "zsec"
 
@@ -221,7 +213,7 @@ def show_cert(path: str) -> str:
 
 # -- check ---------------------------------------------------------------------------
 
-_STORE_OPT_OUT = "CertStore(..., strict=False)"
+_STORE_OPT_OUT = OPT_OUT
 
 
 class _Findings:
@@ -236,22 +228,19 @@ class _Findings:
         self.notes.append({"path": path, "problem": code, "detail": detail})
 
 
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def _check_trust_dir(root: str, found: _Findings) -> int:
     """Lint a trust directory as a strict CertStore reads it; returns the certificates it holds."""
     real_root = os.path.realpath(root)
     keys: dict[bytes, list[str]] = {}
 
+    verdicts: dict[str, str | None] = {}
+
     def walk(directory: str) -> None:
-        try:
-            st = os.stat(directory)
-        except OSError as exc:
-            found.problem(directory, "unreadable", f"cannot stat the directory: {exc.strerror}")
+        # The store's own rule: this directory and every one up to the root.
+        problem = dir_problem(os.path.realpath(directory), real_root, verdicts)
+        if problem is not None and problem.startswith("cannot stat"):
+            found.problem(directory, "unreadable", problem)
             return
-        problem = mode_problem(st, directory, "directory", _STORE_OPT_OUT)
         if problem is not None:
             found.problem(directory, "bad-permissions", f"skipped with all it holds: {problem}")
             return
@@ -287,7 +276,7 @@ def _check_trust_dir(root: str, found: _Findings) -> int:
             return
         if is_link:
             target = os.path.realpath(path)
-            if not _under(target, real_root):
+            if not under(target, real_root):
                 found.problem(
                     path,
                     "symlink-outside",
@@ -297,15 +286,9 @@ def _check_trust_dir(root: str, found: _Findings) -> int:
             if os.path.isdir(path):
                 found.note(path, "skipped", "a symlinked directory: the store does not follow it")
                 return
-            target_dir = os.path.dirname(target)
-            try:
-                problem = mode_problem(os.stat(target_dir), target_dir, "directory", _STORE_OPT_OUT)
-            except OSError as exc:
-                problem = f"cannot stat {target_dir}: {exc.strerror}"
+            problem = link_problem(path)
             if problem is not None:
-                found.problem(
-                    path, "bad-permissions", f"skipped: the link's target directory: {problem}"
-                )
+                found.problem(path, "bad-permissions", f"skipped: {problem}")
                 return
         try:
             data, st = read_regular(path, MAX_CERT_BYTES, "certificate")
