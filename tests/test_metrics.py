@@ -71,6 +71,9 @@ def test_metrics_match_the_traffic_sent(
     assert samples["zsec_active_bans", ()] == 1  # 192.0.2.9 after 3 unknown keys
     assert samples["zsec_trust_changes_total", (("action", "ban-started"),)] == 1
     assert samples["zsec_certificates", (("domain", "global"), ("store", str(certs)))] == 2
+    store_labels = (("domain", "global"), ("store", str(certs)))
+    assert samples["zsec_store_reloads_total", store_labels] == 1  # the first scan
+    assert samples["zsec_store_overflows_total", store_labels] == 0
     assert samples["zsec_events_dropped_total", ()] == 0
     assert samples["zsec_session_cuts_total", ()] == 0
     # Never a key, a username or a password in a label or anywhere else.

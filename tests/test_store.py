@@ -510,6 +510,7 @@ def test_queue_overflow_triggers_a_full_rescan(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with zsec.CertStore(store_dir) as store:
+        assert (store.reloads, store.overflows) == (1, 0)  # the first scan
         # From now on every file event is lost, as in an inotify overflow.
         monkeypatch.setattr(_watch._Handler, "emit", lambda self, item: None)
         cert = _cert()
@@ -518,6 +519,7 @@ def test_queue_overflow_triggers_a_full_rescan(
             "Inotify queue overflowed; filesystem events were lost"
         )
         wait_for(lambda: cert.public_key in store._table, what="rescan after overflow")
+        assert store.overflows >= 1 and store.reloads >= 2
 
 
 def test_lookup_is_a_dict_hit(store_dir: Path) -> None:

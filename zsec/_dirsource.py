@@ -151,6 +151,10 @@ class DirectorySource(TrustSource):
         self._feed: TrustFeed | None = None
         self._worker: threading.Thread | None = None
         self._closed = False
+        # For operators (metrics): whole-directory reloads, and the ones the
+        # kernel forced by dropping file events.
+        self.reloads = 0
+        self.overflows = 0
         # The directory the name led to at the last look, and its identity.
         self._real: str | None = None
         self._root_id: tuple[int, int] | None = None
@@ -307,6 +311,8 @@ class DirectorySource(TrustSource):
             dir_changed=self._recheck_dir,
         )
         if todo.rescan_all:
+            if OVERFLOW in batch:
+                self.overflows += 1
             self._resync(stamp)
             return
         put: dict[str, Cert] = {}
@@ -480,6 +486,7 @@ class DirectorySource(TrustSource):
     def _resync(self, stamp: tuple[tuple[int, ...], bool] | None = None) -> None:
         """Read the whole directory again and feed it as one reset."""
         assert self._real is not None
+        self.reloads += 1
         found = td.scan(self._real, self.root, self._real, strict=self._strict)
         self._inodes, self._links, self._verdicts = found.inodes, found.links, found.verdicts
         old_reported, self._reported = self._reported, {}

@@ -732,6 +732,16 @@ class Metrics:
             "1 when a store's watcher fell back to polling the directory",
             labels=["domain", "store"],
         )
+        reloads = CounterMetricFamily(
+            "zsec_store_reloads",
+            "Times a store re-read its whole source (rescans, etcd reloads)",
+            labels=["domain", "store"],
+        )
+        overflows = CounterMetricFamily(
+            "zsec_store_overflows",
+            "Times the kernel dropped a store's file events, forcing a rescan",
+            labels=["domain", "store"],
+        )
         for domain, source in sorted(policy.curve.items()):
             location = getattr(source, "location", None)
             if not hasattr(source, "lookup"):
@@ -740,8 +750,12 @@ class Metrics:
             certs.add_metric([domain, where], len(source))  # type: ignore[arg-type]
             kind = getattr(source, "observer_kind", "none")
             polling.add_metric([domain, where], 1 if kind == "polling" else 0)
+            reloads.add_metric([domain, where], getattr(source, "reloads", 0))
+            overflows.add_metric([domain, where], getattr(source, "overflows", 0))
         yield certs
         yield polling
+        yield reloads
+        yield overflows
         yield CounterMetricFamily(
             "zsec_audit_lines", "Lines written to the audit log", value=self._hub.audit_lines()
         )

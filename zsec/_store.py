@@ -160,6 +160,16 @@ class CertStore:
         return self._directory.kind if self._directory is not None else "none"
 
     @property
+    def reloads(self) -> int:
+        """How many times the source re-read everything (a directory rescan, an etcd reload)."""
+        return int(getattr(self._source, "reloads", 0))
+
+    @property
+    def overflows(self) -> int:
+        """How many times the kernel dropped file events and forced a rescan (directories)."""
+        return self._directory.overflows if self._directory is not None else 0
+
+    @property
     def ready(self) -> bool:
         """Whether the source is in step with its truth (until then its keys fail closed)."""
         return self._ready and not self._closed
