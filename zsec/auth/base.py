@@ -58,7 +58,12 @@ class Authenticator:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind the ZAP endpoint and start answering with the configuration so far."""
+        """Bind the ZAP endpoint and start answering with the configuration so far.
+
+        It answers until ``stop()`` or until its context ends, referenced or
+        not, as pyzmq's does: a collected authenticator that stopped would
+        leave CURVE servers set up the pyzmq way admitting every client.
+        """
         with self._lock:
             if self._engine is not None:
                 if self._engine.running:
@@ -91,11 +96,6 @@ class Authenticator:
         """zsec's ZAP thread while started, else None (every runtime answers on it)."""
         engine = self._engine
         return None if engine is None else engine._thread
-
-    def __del__(self) -> None:
-        engine = getattr(self, "_engine", None)
-        if engine is not None:
-            engine.stop()
 
     @property
     def verbose(self) -> bool:
