@@ -176,7 +176,9 @@ class Auth:
                             log.error("the authenticator's socket was closed under it: stopped")
                         return
                     failures = self._survive(failures, frames)
-                except Exception:  # noqa: BLE001 - logged in _survive; the pump must go on
+                except BaseException:  # noqa: BLE001 - logged in _survive; the pump must go on
+                    # Even SystemExit: only application code on this thread
+                    # (a hook, a log handler) can raise it, never a signal.
                     failures = self._survive(failures, frames)
         finally:
             # Whatever ended the loop, later configuration calls must say so.

@@ -684,7 +684,9 @@ class Policy:
             reply = self.decide(request, verdict)
             if isinstance(reply, Pending):
                 return reply
-        except Exception as exc:  # noqa: BLE001 - the handler must answer whatever happens
+        except BaseException as exc:  # noqa: BLE001 - the handler must answer whatever happens
+            # BaseException too: the curve_user_id hook is application code,
+            # and a sys.exit() in it must not end the ZAP thread.
             log.error(
                 "ZAP decision failed (%s: %s); answered 500 for mechanism=%s address=%s",
                 type(exc).__name__,
