@@ -8,6 +8,8 @@ servers set up the pyzmq way admitting every CURVE client.
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -54,5 +56,34 @@ def test_a_user_id_hook_that_exits_gets_500_and_the_zap_thread_goes_on(
     server = _server(ctx)
     assert _connect(ctx, server).zap_status == 500
     assert auth.running
+    exiting.clear()
+    assert _connect(ctx, server).ok
+
+
+@pytest.mark.parametrize("kind", ["plain", "coroutine"])
+def test_a_provider_that_exits_gets_500_logged_and_answers_again_afterwards(
+    ctx: zmq.Context[Any], auth: zsec.Auth, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    exiting = threading.Event()
+    exiting.set()
+
+    def decide() -> bool:
+        if exiting.is_set():
+            sys.exit(1)
+        return True
+
+    def plain(domain: str, key: bytes) -> bool:
+        return decide()
+
+    async def coroutine(domain: str, key: bytes) -> bool:
+        return decide()
+
+    # More exits than the provider has worker threads: none may be lost.
+    auth.configure_curve_callback("global", plain if kind == "plain" else coroutine, timeout=10)
+    server = _server(ctx)
+    with caplog.at_level(logging.ERROR, logger="zsec.auth"):
+        for _ in range(6):
+            assert _connect(ctx, server).zap_status == 500
+    assert any("SystemExit" in r.getMessage() for r in caplog.records)
     exiting.clear()
     assert _connect(ctx, server).ok

@@ -209,7 +209,7 @@ class Auth:
                 request.credentials[0],
                 functools.partial(self._post, job, runner),
             )
-        except Exception as exc:  # noqa: BLE001 - e.g. its event loop is closed
+        except BaseException as exc:  # noqa: BLE001 - e.g. its event loop is closed
             runner.report(f"start:{type(exc).__name__}", f"could not start: {exc!r}")
             self._answer(frames, callback, b"500")
             return
@@ -757,7 +757,9 @@ class _Runner:
             if inspect.isawaitable(result):
                 self._on_loop(result, done)
                 return
-        except Exception as exc:  # noqa: BLE001 - reported as a 500 by the ZAP thread
+        except BaseException as exc:  # noqa: BLE001 - reported as a 500 by the ZAP thread
+            # SystemExit too: uncaught, it would end this worker silently, and
+            # with all of them gone the domain would never be answered again.
             done("error", exc)
             return
         done("value", result)
@@ -765,9 +767,10 @@ class _Runner:
     def _on_loop(
         self, awaitable: Awaitable[Any], done: Callable[[str, object], None]
     ) -> concurrent.futures.Future[Any]:
+        own = self.callback.loop is None
         loop = self.callback.loop or self._default_loop()
         try:
-            future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop)
+            future = asyncio.run_coroutine_threadsafe(_awaited(awaitable, contain=own), loop)
         except BaseException:
             if inspect.iscoroutine(awaitable):
                 awaitable.close()  # never awaited: say nothing about it at exit
@@ -811,8 +814,16 @@ class _Runner:
             self._workers.close()
 
 
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
+async def _awaited(awaitable: Awaitable[Any], *, contain: bool) -> Any:
+    if not contain:
+        return await awaitable
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # asyncio lets these out of run_forever: zsec's loop thread would end
+        # and every coroutine provider without a loop of its own with it.
+        # (On the application's loop they are the application's business.)
+        raise RuntimeError(f"{type(exc).__name__} raised in a CURVE provider") from None
 
 
 def _outcome(future: concurrent.futures.Future[Any]) -> tuple[str, object]:
@@ -858,7 +869,7 @@ class _Workers:
                 self._idle -= 1
             if call is None:
                 return
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 call()
 
     def close(self) -> None:
