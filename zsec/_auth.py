@@ -298,7 +298,7 @@ class Auth:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
-                    target=loop.run_forever, name="zsec-auth-loop", daemon=True
+                    target=_run_loop, args=(loop,), name="zsec-auth-loop", daemon=True
                 )
                 thread.start()
                 self._loop, self._loop_thread = loop, thread
@@ -615,10 +615,12 @@ class Auth:
             owned, self._owned = list(self._owned.values()), {}
         if not already and not self._done.is_set():
             self._wake()
+        # From the ZAP thread itself (a curve_user_id hook calling stop()),
+        # the thread ends once the hook returns: nothing to wait for here.
         if threading.current_thread() is not self._thread:
             self._thread.join(_STOP_SECONDS)
-        if self._thread.is_alive():
-            log.error("authenticator thread did not stop within %.0fs", _STOP_SECONDS)
+            if self._thread.is_alive():
+                log.error("authenticator thread did not stop within %.0fs", _STOP_SECONDS)
         for store in owned:
             store.close()
         with self._lock:
@@ -633,9 +635,10 @@ class Auth:
         if loop is not None and thread is not None:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_stop_loop, loop)
-            thread.join(_STOP_SECONDS)
-            if not thread.is_alive():
-                loop.close()
+            # The loop thread closes its loop as it ends (_run_loop); from
+            # a coroutine on that loop, joining it would raise.
+            if threading.current_thread() is not thread:
+                thread.join(_STOP_SECONDS)
 
     def _wake(self) -> None:
         try:
@@ -696,6 +699,14 @@ def _password_source(passwords: Any) -> PasswordFile | PasswordTable:
     if isinstance(passwords, Mapping):
         return PasswordTable(passwords)
     return PasswordFile(passwords)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The body of zsec's loop thread: run until stopped, then close the loop."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
