@@ -23,7 +23,7 @@ from .._auth import Auth
 from .._errors import FileAccessError, ZsecTypeError, ZsecValueError
 from .._files import fspath
 from .._keys import z85_encode
-from .._passwords import PasswordFile, PasswordTable
+from .._passwords import PasswordFile, PasswordTable, _as_bytes
 from .._zap import CURVE_ALLOW_ANY, check_domain, parse_address_rule
 
 
@@ -260,10 +260,12 @@ class Authenticator:
 
 
 def _password_table(passwords: Mapping[Any, Any], encoding: str) -> PasswordTable:
-    def raw(value: Any) -> Any:
-        return value.encode(encoding) if isinstance(value, str) else value
-
-    return PasswordTable({raw(user): raw(password) for user, password in passwords.items()})
+    return PasswordTable(
+        {
+            _as_bytes(user, "a username", encoding): _as_bytes(password, "a password", encoding)
+            for user, password in passwords.items()
+        }
+    )
 
 
 def _pyzmq_provider(callback: Callable[..., Any]) -> Callable[[str, bytes], Any]:
