@@ -65,9 +65,12 @@ CURVE_ALLOW_ANY = _AllowAny()
 
 # ZAP metadata names that libzmq gives a meaning of its own (docs/protocol.md, section 2):
 # from a certificate they could change a peer's routing id or fail every
-# handshake, so they are never sent.
+# handshake, so they are never sent. Nor is the live-revocation guard's grant
+# (zsec._guard.GRANT_PROPERTY): the client writes its certificate's metadata,
+# libzmq keeps the first of two equal names, and a forged grant (a NULL one,
+# say) would make the connection unrevocable.
 RESERVED_PROPERTIES = frozenset(
-    {"user-id", "identity", "routing-id", "socket-type", "peer-address", "resource"}
+    {"user-id", "identity", "routing-id", "socket-type", "peer-address", "resource", "x-zsec-grant"}
 )
 
 
