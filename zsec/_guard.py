@@ -606,7 +606,7 @@ class GuardedSocket:
         self._frames: deque[zmq.Frame] = deque()
         self._rep = watch.socket.type == zmq.REP
         #: How many messages this guard has dropped.
-        self.dropped = 0
+        object.__setattr__(self, "dropped", 0)
 
     @property
     def socket(self) -> Any:
@@ -615,6 +615,14 @@ class GuardedSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._socket, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Options (guarded.rcvtimeo = 1000) belong to the socket, as reading
+        # them does: kept on the wrapper, they would be silently ignored.
+        if name.startswith("_") or name in self.__dict__ or hasattr(type(self), name):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._socket, name, value)
 
     def __repr__(self) -> str:
         return f"<zsec.GuardedSocket {self._socket!r}>"
