@@ -121,17 +121,17 @@ class Grants:
         self.checking: tuple[Any, int] | None = None
 
     def stamp(self, policy: Policy, request: ZapRequest, reply: ZapReply) -> ZapReply:
-        """Return ``reply`` with a grant property added (unchanged if nothing admits it)."""
+        """Return ``reply`` with a grant property added (an empty one if nothing admits it)."""
         tag = policy.grant_tag(request.mechanism, request.domain, reply.user_id, request.client_key)
         if tag is None:
-            return reply
+            return unstamped(reply)
         if request.mechanism == b"PLAIN":
             checking, self.checking = self.checking, None
             if checking is None or checking[0].version != checking[1]:
                 # The entries changed around the check: the tag might name an
                 # entry other than the one the password matched. Unstamped,
                 # the guard refuses the connection; the client redials.
-                return reply
+                return unstamped(reply)
         value = b"%x." % next(self._next) + tag
         key = (request.domain, tag, reply.user_id)
         addresses = self._seen.get(key)
@@ -168,6 +168,16 @@ class Grants:
                 with self._lock:
                     self._seen.pop(key, None)
         return out
+
+
+def unstamped(reply: ZapReply) -> ZapReply:
+    """``reply`` with an empty grant, which the guard refuses.
+
+    Never just no grant: libzmq adds the client's own ZMTP metadata
+    (ZMQ_METADATA) after the authenticator's, keeping the first of two equal
+    names, so only a grant from the authenticator keeps the client's out.
+    """
+    return reply._replace(metadata=reply.metadata + _GRANT_PREFIX + bytes(4))
 
 
 def _mechanism(tag: bytes) -> bytes:

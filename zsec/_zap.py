@@ -702,6 +702,9 @@ class Policy:
             try:
                 reply = self.grants.stamp(self, request, reply)
             except Exception as exc:  # noqa: BLE001 - unstamped, the guard refuses it: fails closed
+                from ._guard import unstamped
+
+                reply = unstamped(reply)
                 with contextlib.suppress(Exception):
                     log.error(
                         "could not record the grant for the live-revocation guard (%s)",
