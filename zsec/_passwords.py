@@ -207,8 +207,11 @@ def _table_entries(mapping: Mapping[str | bytes, str | bytes]) -> dict[bytes, by
     for user, password in mapping.items():
         name = _as_bytes(user, "a username")
         secret = _as_bytes(password, "a password")
-        if len(name) > 255:
-            raise PasswordError("a username must be at most 255 bytes (PLAIN cannot send more)")
+        if not 0 < len(name) <= 255:
+            # Empty: the login's User-Id would be empty, which names nobody
+            # (zsec gives every other admission 1-255 bytes; a password file
+            # ignores such lines too).
+            raise PasswordError("a username must be 1-255 bytes (PLAIN cannot send more)")
         entries[name] = secret if secret.startswith(_HASH_PREFIXES) else _digest(secret)
     return entries
 

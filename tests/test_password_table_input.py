@@ -1,4 +1,4 @@
-"""A password that cannot be encoded is refused without the password in the exception."""
+"""Password tables refuse what they cannot hold safely, without showing the password."""
 
 from __future__ import annotations
 
@@ -38,3 +38,10 @@ def test_a_password_utf8_cannot_hold_is_refused_without_showing_it() -> None:
     with pytest.raises(zsec.PasswordError) as caught:
         zsec.PasswordTable({"bob": "\ud800" + SECRET})
     assert "Sekret" not in _everything_about(caught.value)
+
+
+def test_an_empty_username_is_refused_since_its_login_would_carry_an_empty_user_id() -> None:
+    # Every other admission has a User-Id of 1-255 bytes; a password file
+    # ignores lines with an empty name.
+    with pytest.raises(zsec.PasswordError):
+        zsec.PasswordTable({"": "secret"})
