@@ -205,6 +205,11 @@ class Authenticator:
         return z85_encode(client_public_key)
 
     def __setattr__(self, name: str, value: object) -> None:
+        if name == "curve_user_id" and value is not None and not callable(value):
+            # Accepted, it would only show up later as a 500 for every client.
+            raise ZsecTypeError(
+                f"curve_user_id must be callable or None, not {type(value).__name__}"
+            )
         object.__setattr__(self, name, value)
         if name == "curve_user_id":
             with self._lock:

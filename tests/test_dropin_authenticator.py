@@ -1,4 +1,4 @@
-"""How long a zsec.auth authenticator answers: as in pyzmq, while it runs, referenced or not."""
+"""zsec.auth authenticators: they answer while running, referenced or not; settings checked."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import gc
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 from zsec.auth.thread import ThreadAuthenticator
@@ -52,3 +53,13 @@ def test_a_started_authenticator_nobody_references_still_refuses_strangers(
         assert verdict.zap_status == 400, verdict
     finally:
         server.close(linger=0)
+
+
+def test_a_curve_user_id_that_is_not_callable_is_refused_when_assigned(
+    ctx: zmq.Context[Any],
+) -> None:
+    # Accepted, it would only show up later as a 500 for every CURVE client.
+    auth = ThreadAuthenticator(ctx)
+    with pytest.raises(TypeError):
+        auth.curve_user_id = "alice"  # type: ignore[assignment,method-assign]
+    assert callable(auth.curve_user_id)
