@@ -192,10 +192,20 @@ class Auth:
 
     # -- CURVE providers: run off the pump, answered by the pump ---------------
 
-    def _defer(self, frames: list[bytes], pending: Pending) -> None:
-        """Start a provider decision for a request; its reply is sent in ``_finish``."""
+    def _defer(self, frames: list[bytes], pending: Pending, deadline: float | None = None) -> None:
+        """Start a provider decision for a request; its reply is sent in ``_finish``.
+
+        ``deadline`` is the first one of a request asked again because its
+        provider was replaced: one client's decision is bounded as a whole,
+        even if every answer comes from a provider replaced meanwhile.
+        """
         callback = pending.callback
         runner = self._runners.get(callback)
+        if deadline is not None and time.monotonic() >= deadline:
+            if runner is not None:
+                runner.report("replaced", "was replaced during each decision until its timeout")
+            self._answer(frames, callback, b"500")
+            return
         if runner is None or runner.inflight >= callback.max_outstanding:
             if runner is not None:
                 runner.report("overloaded", f"has {runner.inflight} decisions outstanding")
@@ -214,7 +224,8 @@ class Auth:
             self._answer(frames, callback, b"500")
             return
         runner.inflight += 1
-        deadline = time.monotonic() + callback.timeout
+        if deadline is None:
+            deadline = time.monotonic() + callback.timeout
         self._jobs[job] = _Job(frames, runner, deadline, future)
         if deadline < self._next_deadline:
             self._next_deadline = deadline
@@ -248,7 +259,7 @@ class Auth:
         entry = self._jobs.pop(job, None)
         if entry is None:
             return  # already answered 500 when it timed out
-        self._answer(entry.frames, runner.callback, runner.verdict(kind, value))
+        self._answer(entry.frames, runner.callback, runner.verdict(kind, value), entry.deadline)
         if not self._jobs:
             self._idle()
 
@@ -271,14 +282,21 @@ class Auth:
         self._next_deadline = math.inf
         self._socket.rcvtimeo = _IDLE_MS
 
-    def _answer(self, frames: list[bytes], callback: CurveCallback, status: bytes) -> None:
+    def _answer(
+        self,
+        frames: list[bytes],
+        callback: CurveCallback,
+        status: bytes,
+        deadline: float | None = None,
+    ) -> None:
         """Send the reply for a provider's verdict, through the policy in force now."""
         reply = self._policy.handle(frames, (callback, status))
         if type(reply) is list:
             self._socket.send_multipart(reply)
         elif reply is not None:
-            # The domain got another provider meanwhile: ask that one.
-            self._defer(frames, reply)  # type: ignore[arg-type]
+            # The domain got another provider meanwhile: ask that one, within
+            # the time left to this request.
+            self._defer(frames, reply, deadline)  # type: ignore[arg-type]
 
     def _abandon_jobs(self) -> None:
         """Answer every outstanding provider decision with a 500: the authenticator stops."""

@@ -1,4 +1,4 @@
-"""stop() called from code the authenticator itself runs: a provider or the User-Id hook."""
+"""Code the authenticator runs calling back into it: stop(), or replacing its own provider."""
 
 from __future__ import annotations
 
@@ -61,3 +61,21 @@ def test_a_user_id_hook_that_stops_the_authenticator_logs_no_false_alarm(
         _connect(ctx)
         wait_for(lambda: not auth.running, what="the authenticator to stop")
     assert not any("did not stop" in r.getMessage() for r in caplog.records)
+
+
+def test_a_provider_that_keeps_replacing_itself_is_answered_by_its_first_timeout(
+    ctx: zmq.Context[Any],
+) -> None:
+    auth = zsec.Auth(ctx)
+    try:
+
+        def provider(domain: str, key: bytes) -> bool:
+            # Each answer comes from a provider replaced meanwhile, so it is
+            # asked again of the new one: without a bound, forever.
+            auth.configure_curve_callback("global", provider, timeout=0.3)
+            return True
+
+        auth.configure_curve_callback("global", provider, timeout=0.3)
+        assert _connect(ctx).zap_status == 500
+    finally:
+        auth.stop()
