@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import random
 import statistics
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zmq.auth.asyncio
 import zmq.auth.thread
-from bench_zap import USERS, _plain_dict, generator
+from bench_zap import USERS, _plain_dict, measure
 
 import zsec.auth.asyncio
 import zsec.auth.thread
@@ -129,23 +127,7 @@ def run_once(
     kind: str, mechanism: str, burst: int, certs: Path, keys: list[bytes]
 ) -> tuple[float, float, int]:
     """Return (requests/s achieved, requests per CPU-second of the answering thread, refused)."""
-    handler = Authenticator(kind, mechanism, certs)
-    try:
-        clock = time.pthread_getcpuclockid(handler.thread_ident)  # type: ignore[arg-type]
-        mp = multiprocessing.get_context("spawn")
-        parent, child = mp.Pipe()
-        proc = mp.Process(target=generator, args=(handler.endpoint, mechanism, keys, burst, child))
-        cpu_before = time.clock_gettime(clock)
-        proc.start()
-        if not parent.poll(600):
-            proc.kill()
-            raise RuntimeError(f"{kind}/{mechanism}: generator gave no result")
-        rate, refused, total = parent.recv()
-        cpu = time.clock_gettime(clock) - cpu_before
-        proc.join(10)
-    finally:
-        handler.stop()
-    return rate, total / cpu, refused
+    return measure(Authenticator(kind, mechanism, certs), kind, mechanism, burst, keys)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -178,7 +179,18 @@ def run_once(
     kind: str, mechanism: str, burst: int, passwords: Path, certs: Path, keys: list[bytes]
 ) -> tuple[float, float, int]:
     """Return (requests/s achieved, requests per CPU-second of the handler thread, refused)."""
-    handler = Handler(kind, mechanism, passwords, certs)
+    return measure(Handler(kind, mechanism, passwords, certs), kind, mechanism, burst, keys)
+
+
+def measure(
+    handler: Any, kind: str, mechanism: str, burst: int, keys: list[bytes]
+) -> tuple[float, float, int]:
+    """Time one burst from a generator process against ``handler``, then stop it.
+
+    ``handler`` has ``endpoint``, ``thread_ident`` (the answering thread)
+    and ``stop()``. Returns (requests/s achieved, requests per CPU-second of
+    the answering thread, refused).
+    """
     try:
         clock = time.pthread_getcpuclockid(handler.thread_ident)  # type: ignore[arg-type]
         mp = multiprocessing.get_context("spawn")

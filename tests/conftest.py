@@ -53,3 +53,20 @@ def passwords(tmp_path: Path) -> zsec.PasswordFile:
     path = tmp_path / "passwords.txt"
     path.write_bytes(b"admin=secret\nguest=guest-pw\n")
     return zsec.PasswordFile(path, check_interval=0)
+
+
+@pytest.fixture
+def auth(ctx: zmq.Context[Any]) -> Iterator[zsec.Auth]:
+    """A running authenticator on the test's context, stopped afterwards."""
+    with zsec.Auth(ctx) as authenticator:
+        yield authenticator
+
+
+@pytest.fixture(scope="module")
+def etcd_server() -> Iterator[Any]:
+    """A real etcd on 127.0.0.1 in a temp dir, shared by one test module (use unique prefixes)."""
+    from .etcd_server import EtcdServer
+
+    server = EtcdServer().start()
+    yield server
+    server.stop()

@@ -129,3 +129,94 @@ def req(
 def decide(policy: Policy, frames: list[bytes]) -> ZapReply:
     """The reply ``policy`` gives to request ``frames``."""
     return policy.decide(ZapRequest.from_frames(frames))
+
+
+def zap_ask(ctx: zmq.Context[Any], *requests: list[bytes]) -> list[list[bytes]]:
+    """Send ZAP requests (frames after the envelope) straight to the context's authenticator.
+
+    Returns the reply frames after the envelope, in order: the real pump
+    without a handshake, for tests of what the authenticator records.
+    """
+    with socket(ctx, zmq.DEALER) as dealer:
+        dealer.connect("inproc://zeromq.zap.01")
+        for frames in requests:
+            dealer.send_multipart([b"", *frames])
+        return [dealer.recv_multipart()[1:] for _ in requests]
+
+
+class TcpCutter:
+    """A loopback TCP forwarder that a test can cut: a network outage without stopping the server.
+
+    ``cut()`` closes every forwarded connection and refuses new ones until
+    ``restore()``; the server behind it keeps running and can be changed
+    meanwhile. ``endpoint`` is ``127.0.0.1:port`` of the forwarder.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        import socket as _socket
+        import threading
+
+        self._target = target_port
+        self._listener = _socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._open: list[Any] = []
+        self._cut = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket as _socket
+        import threading
+
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._cut or self._closed:
+                    conn.close()
+                    continue
+                try:
+                    upstream = _socket.create_connection(("127.0.0.1", self._target), timeout=5)
+                    upstream.settimeout(None)
+                except OSError:
+                    conn.close()
+                    continue
+                self._open += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: Any, dst: Any) -> None:
+        import contextlib
+
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(2)
+
+    def cut(self) -> None:
+        import contextlib
+
+        with self._lock:
+            self._cut = True
+            conns, self._open = self._open, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(2)
+            conn.close()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._listener.close()

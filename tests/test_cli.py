@@ -18,7 +18,7 @@ import zsec
 from zsec._passwords import PasswordFile
 from zsec.cli import main
 
-from .helpers import ROOT
+from .helpers import ROOT, wait_for
 
 
 class _Tty(io.StringIO):
@@ -339,3 +339,240 @@ def test_passwd_reads_any_bytes_under_a_strict_locale(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert b"Traceback" not in done.stderr and b"\xff" not in done.stdout + done.stderr
     assert PasswordFile(tmp_path / "p.txt").check(b"alice", b"se\xffcret") == b""
+
+
+# -- operations: --version, cert show, check, audit tail, missing directories ---------------
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"zsec {zsec.__version__}"
+    result = subprocess.run(
+        [sys.executable, "-m", "zsec", "--version"], capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, f"zsec {zsec.__version__}")
+
+
+@pytest.mark.parametrize("command", ["makecert", "passwd"])
+def test_writing_into_a_missing_directory_names_the_directory(tmp_path: Path, command: str) -> None:
+    target = tmp_path / "no-such-dir" / "file"
+    argv = ["makecert", str(target), "--batch"] if command == "makecert" else [
+        "passwd", str(target), "bob", "--stdin"
+    ]  # fmt: skip
+    code, out, err = _run(argv, io.StringIO("Cli-Stdin-Value\n"))
+    assert code == 1 and out == ""
+    assert err.startswith(f"zsec {command}: error: cannot write {target}: ")
+    assert f"directory {tmp_path / 'no-such-dir'} does not exist" in err
+    assert "mkdir -p" in err and ".tmp" not in err
+    assert not (tmp_path / "no-such-dir").exists()
+
+
+def test_cert_show_public_and_secret_files(tmp_path: Path) -> None:
+    path = tmp_path / "alice.key"
+    assert _run(["makecert", str(path), "--name", "Alice", "--batch"])[0] == 0
+    cert = zsec.Cert.load(path)
+    code, public_out, err = _run(["cert", "show", str(path)])
+    assert (code, err) == (0, "")
+    assert f"public key:  {cert.public_txt}" in public_out
+    assert "kind:        public certificate" in public_out
+    assert f"secret file: {path}_secret exists" in public_out
+    assert "name = Alice" in public_out
+    assert "mode:        0644 (-rw-r--r--)" in public_out
+    assert f"(uid {os.getuid()})" in public_out
+    fingerprint = [line for line in public_out.splitlines() if line.startswith("fingerprint")]
+    assert fingerprint and fingerprint[0].split()[1].startswith("SHA256:")
+    code, secret_out, err = _run(["cert", "show", f"{path}_secret"])
+    assert code == 0
+    assert "secret certificate (holds the secret key, which is not shown)" in secret_out
+    assert "mode:        0600" in secret_out
+    assert fingerprint[0] in secret_out
+    _assert_no_secret(path, public_out, secret_out)
+
+
+def test_cert_show_escapes_control_characters_from_the_file(tmp_path: Path) -> None:
+    cert = zsec.Cert()
+    path = tmp_path / "eve.key"
+    path.write_text(
+        f'metadata\n    name = "Eve \x1b[2J"\ncurve\n    public-key = "{cert.public_txt}"\n'
+    )
+    code, out, _ = _run(["cert", "show", str(path)])
+    assert code == 0
+    assert "name = Eve \\x1b[2J" in out and "\x1b" not in out
+
+
+def test_cert_show_refuses_what_is_not_a_certificate(tmp_path: Path) -> None:
+    (tmp_path / "junk.key").write_text("hello\n")
+    code, out, err = _run(["cert", "show", str(tmp_path / "junk.key")])
+    assert (code, out) == (1, "")
+    assert "zsec cert: error:" in err and "public-key" in err
+    code, _, err = _run(["cert", "show", str(tmp_path / "missing.key")])
+    assert code == 1 and "No such file" in err
+
+
+def _trust_dir(tmp_path: Path) -> tuple[Path, zsec.Cert]:
+    trust = tmp_path / "trust"
+    trust.mkdir(mode=0o700)
+    cert = zsec.Cert()
+    cert.set_meta("name", "alice")
+    cert.save_public(trust / "alice.key")
+    return trust, cert
+
+
+def test_check_a_clean_trust_directory_exits_zero(tmp_path: Path) -> None:
+    trust, _ = _trust_dir(tmp_path)
+    (trust / "sub").mkdir(mode=0o700)
+    zsec.Cert().save_public(trust / "sub" / "bob.key")
+    code, out, err = _run(["check", str(trust)])
+    assert (code, err) == (0, "")
+    assert f"trust directory {trust}: 2 certificates, 0 problem(s)" in out
+    assert "no problems found" in out
+
+
+def test_check_reports_every_kind_of_trust_directory_problem(tmp_path: Path) -> None:
+    import json
+
+    trust, cert = _trust_dir(tmp_path)
+    cert.save(trust / "leaked.key")  # public + _secret, and the secret key in a public name
+    (trust / "leaked.key").unlink()
+    (trust / "leaked.key_secret").rename(trust / "leaked.key")
+    cert.save_secret(trust / "other.key_secret")
+    cert.save_public(trust / "copy.key")
+    (trust / "junk.key").write_text("not a certificate\n")
+    (trust / "open.key").write_bytes((trust / "alice.key").read_bytes())
+    (trust / "open.key").chmod(0o666)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir(mode=0o700)
+    zsec.Cert().save_public(outside / "x.key")
+    (trust / "link.key").symlink_to(outside / "x.key")
+    os.mkfifo(trust / "pipe.key")
+    (trust / ".swp").write_text("")
+    unreadable = trust / "locked.key"
+    unreadable.write_text("x")
+    unreadable.chmod(0)
+    code, out, err = _run(["check", str(trust), "--json"])
+    assert (code, err) == (1, "")
+    report = json.loads(out)
+    found = {(Path(p["path"]).name, p["problem"]) for p in report["problems"]}
+    expected = {
+        ("leaked.key", "secret-in-public-file"),
+        ("other.key_secret", "secret-file"),
+        ("junk.key", "invalid"),
+        ("open.key", "bad-permissions"),
+        ("link.key", "symlink-outside"),
+        ("pipe.key", "unreadable"),
+        ("alice.key", "duplicate-key"),
+    }
+    if os.geteuid() != 0:  # root reads any file
+        expected.add(("locked.key", "unreadable"))
+    else:
+        expected.add(("locked.key", "invalid"))
+    assert found == expected
+    assert {(Path(n["path"]).name, n["problem"]) for n in report["notes"]} == {(".swp", "skipped")}
+    duplicate = next(p for p in report["problems"] if p["problem"] == "duplicate-key")
+    assert "copy.key" in duplicate["detail"] and "leaked.key" in duplicate["detail"]
+    # The table says the same.
+    code, table, _ = _run(["check", str(trust)])
+    assert code == 1
+    for _, problem in expected:
+        assert problem in table
+    _assert_no_secret(trust / "leaked.key", out, table)
+
+
+def test_check_a_group_writable_trust_directory(tmp_path: Path) -> None:
+    trust, _ = _trust_dir(tmp_path)
+    trust.chmod(0o775)
+    code, out, _ = _run(["check", str(trust)])
+    assert code == 1
+    assert "bad-permissions" in out and "chmod go-w" in out
+
+
+def test_check_a_password_file(tmp_path: Path) -> None:
+    import json
+
+    good = tmp_path / "good.txt"
+    assert _run(["passwd", str(good), "bob", "--stdin"], io.StringIO("Cli-Stdin-Value\n"))[0] == 0
+    code, out, _ = _run(["check", str(good)])
+    assert code == 0 and "password file" in out and "1 user, 0 problem(s)" in out
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"# comment\nalice=Pl41n-Secret-Value\nPl41n-Secret-Value\n=x\nalice=2\n")
+    bad.chmod(0o644)
+    code, out, _ = _run(["check", str(bad), "--json"])
+    assert code == 1
+    report = json.loads(out)
+    assert [p["problem"] for p in report["problems"]] == [
+        "bad-permissions",
+        "no-equals",
+        "empty-name",
+        "duplicate-user",
+    ]
+    assert "line 3 has no '='" in report["problems"][1]["detail"]
+    assert "Pl41n-Secret-Value" not in out  # a line without '=' may be a password
+    assert report["users"] == 1
+
+
+def test_check_a_missing_path(tmp_path: Path) -> None:
+    code, out, err = _run(["check", str(tmp_path / "nothing")])
+    assert (code, out) == (1, "") and "does not exist" in err
+
+
+def _audit_records(tmp_path: Path) -> Path:
+    from zsec._events import AuditLog, Decision, TrustChange
+
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    audit.write(
+        [
+            Decision(
+                time.time(), "PLAIN", "global", "192.0.2.1", "mallory\x1b[2J", None, None,
+                "refused", 400, "wrong password", "wrong-password", 0.001,
+            ),
+            Decision(
+                time.time(), "CURVE", "global", "127.0.0.1", None, "K" * 40, "alice",
+                "allowed", 200, "OK", "ok", 0.0001,
+            ),
+            TrustChange(time.time(), "key-revoked", "global", "/certs", "J" * 40, "bob"),
+        ]
+    )  # fmt: skip
+    audit.close()
+    return path
+
+
+def test_audit_tail_once_prints_a_table(tmp_path: Path) -> None:
+    path = _audit_records(tmp_path)
+    code, out, err = _run(["audit", "tail", str(path), "--once"])
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith("TIME (UTC)")
+    assert len(lines) == 4
+    assert "REFUSED" in lines[1] and "mallory\\x1b[2J" in lines[1] and "wrong password" in lines[1]
+    assert "ALLOWED" in lines[2] and "KKKKKKKKKKKK... (alice)" in lines[2]
+    assert "key-revoked" in lines[3] and "(bob)" in lines[3]
+    code, out, _ = _run(["audit", "tail", str(path), "--once", "--lines", "1"])
+    assert code == 0 and len(out.splitlines()) == 2 and "key-revoked" in out
+
+
+def test_audit_tail_follows_new_lines_and_rotation(tmp_path: Path) -> None:
+    import threading
+
+    from zsec._events import AuditLog, TrustChange
+
+    path = _audit_records(tmp_path)
+    out = io.StringIO()
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(
+            main(["audit", "tail", str(path), "--lines", "0", "--count", "2"], stdout=out)
+        )
+    )
+    thread.start()
+    wait_for(lambda: out.getvalue().startswith("TIME"))
+    audit = AuditLog(path)
+    audit.write([TrustChange(time.time(), "key-added", "global", "/certs", "A" * 40, "one")])
+    wait_for(lambda: "(one)" in out.getvalue())
+    os.rename(path, tmp_path / "audit.jsonl.1")
+    audit.reopen()
+    audit.write([TrustChange(time.time(), "key-added", "global", "/certs", "B" * 40, "two")])
+    audit.close()
+    thread.join(10)
+    assert result == [0]
+    assert out.getvalue().count("key-added") == 2 and "(two)" in out.getvalue()

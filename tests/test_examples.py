@@ -23,6 +23,7 @@ PATTERNS = {
     "pubsub.py": ("PUB-SUB", True),
     "reqrep.py": ("DEALER-ROUTER", True),
     "ironhouse_revoke.py": ("Ironhouse revoke", True),
+    "ironhouse_fleet.py": ("Ironhouse fleet", True),
     "asyncio_ironhouse.py": ("Asyncio Ironhouse", True),
 }
 # Passwords the examples use; none may appear in their output.

@@ -64,3 +64,24 @@ def test_group_read_is_dropped_when_the_group_cannot_be_kept(
     write_atomic([(str(path), b"bob=y\n", 0o640)], owner=(4321, 4322))
     if path.stat().st_gid != 4322:
         assert path.stat().st_mode & 0o070 == 0  # not opened to the writer's own group
+
+
+def test_no_reader_blocks_on_a_fifo(tmp_path: Path) -> None:
+    # Nobody ever opens these FIFOs for writing: an ordinary open() would
+    # wait forever. Every file zsec reads goes through the one reader, which
+    # refuses anything but a regular file without waiting.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(zsec.FileAccessError, match="not a regular file"):
+        set_password(str(fifo), b"alice", b"pw", hasher=fast_hash)
+    with pytest.raises(zsec.FileAccessError, match="not a regular file"):
+        zsec.PasswordFile(fifo)
+    with pytest.raises(zsec.FileAccessError, match="not a regular file"):
+        zsec.Cert.load(fifo)
+    secret_fifo = tmp_path / "server.key_secret"
+    os.mkfifo(secret_fifo)
+    cert = zsec.Cert()
+    cert.save(tmp_path / "other.key")
+    os.replace(tmp_path / "other.key", tmp_path / "server.key")
+    # The secret file is a FIFO: Cert.load falls back to the public file.
+    assert zsec.Cert.load(tmp_path / "server.key").public_key == cert.public_key

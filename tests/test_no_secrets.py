@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ class _Collector(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.texts.append(self.format(record))
+        # Structured fields (extra=) too: JSON log formatters print them.
+        self.texts.append(repr({k: v for k, v in vars(record).items() if k.startswith("zsec_")}))
         if record.exc_info:
             self.texts.append(logging.Formatter().formatException(record.exc_info))
 
@@ -176,6 +179,12 @@ def test_no_secret_appears_anywhere(tmp_path: Path) -> None:
         auth.configure_curve("curve", store)
         auth.configure_curve("*", zsec.CURVE_ALLOW_ANY)
         texts.append(repr(auth))
+        # Operations: events to a subscriber, the audit log, metrics over HTTP.
+        auth.subscribe(lambda event: texts.extend([repr(event), str(event.to_dict())]))
+        audit_path = tmp_path / "audit.jsonl"
+        auth.audit_log(audit_path)
+        metrics_port = auth.serve_metrics(0)
+        auth.configure_curve("trust", trust)
         plain_server = ctx.socket(zmq.PULL)
         plain_server.linger = 0
         zsec.plain_server(plain_server)
@@ -188,8 +197,30 @@ def test_no_secret_appears_anywhere(tmp_path: Path) -> None:
         curve_ep = bind_loopback(curve_server)
         for cert in (client_cert, made):
             attempt(ctx, curve_ep, lambda s, c=cert: zsec.curve_client(s, c, server_cert))
+        client_cert.save_secret(trust / "leaked-again.key")  # a trust event for a secret file
+        assert auth.flush_events()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+            texts.append(response.read().decode())
         auth.stop()
         texts.append(repr(auth))
+        texts.append(audit_path.read_text())
+
+        # The operations commands, on secret files, leaked secrets and password files.
+        out, err = io.StringIO(), io.StringIO()
+        for argv in (
+            ["cert", "show", str(tmp_path / "made.key")],
+            ["cert", "show", str(tmp_path / "made.key_secret")],
+            ["cert", "show", str(trust / "leaked.key")],
+            ["cert", "show", str(bad)],
+            ["check", str(trust)],
+            ["check", str(trust), "--json"],
+            ["check", str(pw_file)],
+            ["check", str(pw_file), "--json"],
+            ["audit", "tail", str(audit_path), "--once", "--lines", "1000"],
+        ):
+            main(argv, stdout=out, stderr=err)
+        texts += [out.getvalue(), err.getvalue()]
+        expect_error(lambda: zsec.curve_server(ctx.socket(zmq.PULL), zsec.Cert.load(bad)))
     finally:
         ctx.destroy(linger=0)
         root.removeHandler(collector)
@@ -197,9 +228,66 @@ def test_no_secret_appears_anywhere(tmp_path: Path) -> None:
 
     everything = "\n".join(texts)
     assert "ALLOWED (PLAIN)" in everything and "DENIED (CURVE)" in everything  # flows ran
+    assert "zsec_decisions_total" in everything and '"event":"decision"' in everything
+    assert "secret-in-public-file" in everything and "public key:" in everything
     assert "holds a secret key" in everything
     for password in PASSWORDS:
         assert password not in everything, password
     for cert in certs:
         for form in _secret_forms(cert):
             assert form not in everything
+
+
+def test_no_secret_appears_in_the_etcd_flows(etcd_server: Any, tmp_path: Path) -> None:
+    """zsec trust, the etcd source and its errors: no secret key, no etcd password."""
+    from zsec._etcd import EtcdSettings, EtcdSource
+
+    collector = _Collector()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(collector)
+    root.setLevel(logging.DEBUG)
+    texts = collector.texts
+    etcd_password = "Etcd-Pass-Value-77"
+    leaked = zsec.Cert()
+    try:
+        endpoint = etcd_server.endpoint
+        # A certificate file with its secret key given to zsec trust add.
+        leaked.save_secret(tmp_path / "leaked.key")
+        out, err = io.StringIO(), io.StringIO()
+        prefix = "/nosecrets/"
+        conn = ["--endpoints", endpoint, "--prefix", prefix]
+        main(["trust", "add", *conn, str(tmp_path / "leaked.key")], stdout=out, stderr=err)
+        main(["trust", "list", *conn], stdout=out, stderr=err)
+        # A password for an etcd without auth, and for an unreachable one.
+        for where in (endpoint, "127.0.0.1:9"):
+            main(
+                ["trust", "list", "--endpoints", where, "--user", "u", "--password-stdin"],
+                stdin=io.StringIO(etcd_password + "\n"),
+                stdout=out,
+                stderr=err,
+            )
+        texts += [out.getvalue(), err.getvalue()]
+        settings = EtcdSettings((endpoint,), user="u", password=etcd_password)
+        texts += [repr(settings), str(settings)]
+        # A value holding a secret key, followed by a source.
+        with settings.__class__((endpoint,)).connect() as c:
+            secret_text = (tmp_path / "leaked.key").read_bytes()
+            c.txn({f"{prefix}{leaked.public_txt}".encode(): secret_text})
+            values = c.get_prefix(prefix.encode())[1]
+        assert secret_text in values.values()  # the flow really stored one
+        source = EtcdSource(endpoint, prefix=prefix)
+        with zsec.CertStore(source) as store:
+            assert store.wait_ready(10)
+            texts += [repr(source), repr(store), *(repr(c) for c in store)]
+        bad = EtcdSource(endpoint, prefix=prefix, user="u", password=etcd_password)
+        texts.append(repr(bad))
+    finally:
+        root.removeHandler(collector)
+        root.setLevel(old_level)
+    everything = "\n".join(texts)
+    assert "Trusted" in everything and "only its public key goes to etcd" in everything
+    assert "etcd should hold public certificates only" in everything  # the flows ran
+    assert etcd_password not in everything
+    for form in _secret_forms(leaked):
+        assert form not in everything

@@ -7,8 +7,10 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,7 +21,7 @@ from zsec._zap import (
     Policy,
 )
 
-from .helpers import CZMQ_FIXTURES, decide, fast_hash, req
+from .helpers import CZMQ_FIXTURES, attempt, decide, fast_hash, login, req, serve, wait_for
 
 
 def test_wrong_passwords_cost_the_same_in_a_mixed_file(
@@ -238,6 +240,7 @@ def test_password_table_keeps_no_clear_password(caplog: pytest.LogCaptureFixture
         ({"admin": 1234}, zsec.ZsecTypeError),
         ({5: "pw"}, zsec.ZsecTypeError),
         ({"u" * 256: "pw"}, zsec.PasswordError),
+        ({"": "pw"}, zsec.PasswordError),  # a 200 must never carry an empty User-Id
     ],
 )
 def test_password_table_refuses_what_plain_cannot_check(mapping: object, error: type) -> None:
@@ -292,3 +295,213 @@ def test_password_file_version_grows_on_reload_and_check(tmp_path: Path) -> None
     path.unlink()
     assert passwords.check(b"alice", b"one") == b"password file unavailable"
     assert passwords.version == version + 3 and passwords.entry_tag(b"alice") is None
+
+
+# -- item 4: a FIFO cannot hang the authenticator -------------------------------------
+
+
+def test_a_password_file_swapped_for_a_fifo_cannot_hang_the_authenticator(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "passwords.txt"
+    path.write_bytes(b"admin=secret\n")
+    auth = zsec.Auth(ctx)
+    try:
+        auth.configure_plain("*", path)
+        auth.configure_curve("*", zsec.CURVE_ALLOW_ANY)
+        _plain, plain_endpoint = serve(ctx, zsec.plain_server)
+        assert login(ctx, plain_endpoint, "admin", "secret").ok
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        os.replace(fifo, path)  # nobody ever opens it for writing
+        # The PLAIN client is refused (the file is not a regular file) ...
+        wait_for(lambda: login(ctx, plain_endpoint, "admin", "secret").zap_status == 400)
+        # ... and a CURVE client on the same context still gets its answer.
+        server_cert, client_cert = zsec.Cert(), zsec.Cert()
+        _curve, curve_endpoint = serve(ctx, lambda s: zsec.curve_server(s, server_cert))
+        verdict, _ = attempt(
+            ctx,
+            curve_endpoint,
+            lambda s: zsec.curve_client(s, client_cert, server_cert.public_key),
+        )
+        assert verdict.ok
+    finally:
+        auth.stop()
+    assert not auth._thread.is_alive()  # stop() did not give up on a blocked thread
+
+
+def test_a_fifo_is_refused_with_a_reason_when_made(tmp_path: Path) -> None:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    with pytest.raises(zsec.FileAccessError, match="not a regular file"):
+        PasswordFile(path)
+
+
+# -- item 5: owner and mode, as the certificate store checks them -----------------------
+
+
+def test_a_password_file_others_can_write_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"admin=secret\nmallory=letmein\n")
+    path.chmod(0o666)
+    with pytest.raises(zsec.FileAccessError, match=r"chmod go-w .*strict=False"):
+        PasswordFile(path)
+    lax = PasswordFile(path, strict=False)
+    assert lax.check(b"admin", b"secret") == b""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_password_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"mallory=letmein\n")
+    os.chown(path, 4321, 4321)
+    with pytest.raises(zsec.FileAccessError, match=r"owned by uid 4321.*chown"):
+        PasswordFile(path)
+
+
+def test_a_password_file_opened_to_others_later_admits_nobody_until_fixed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"admin=secret\n")
+    path.chmod(0o600)
+    passwords = PasswordFile(path, check_interval=0)
+    path.chmod(0o666)
+    with open(path, "ab") as handle:  # another local user adds themselves
+        handle.write(b"mallory=letmein\n")
+    assert passwords.check(b"mallory", b"letmein") == b"password file unavailable"
+    assert passwords.check(b"admin", b"secret") == b"password file unavailable"
+    refusals = [r for r in caplog.records if "chmod go-w" in r.getMessage()]
+    assert len(refusals) == 1 and "nobody is admitted" in refusals[0].getMessage()
+    path.write_bytes(b"admin=secret\n")
+    path.chmod(0o600)
+    assert passwords.check(b"admin", b"secret") == b""
+    assert passwords.check(b"mallory", b"letmein") == b"unknown user"
+
+
+def test_clear_text_readable_by_others_is_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"admin=clear-secret\n")
+    path.chmod(0o644)
+    passwords = PasswordFile(path, check_interval=0)
+    path.write_bytes(b"admin=clear-secret\nbob=other\n")
+    passwords.reload()
+    warnings = [r.getMessage() for r in caplog.records if "clear-text" in r.getMessage()]
+    assert len(warnings) == 1 and "chmod go-r" in warnings[0]
+    assert "clear-secret" not in caplog.text
+    caplog.clear()
+    hashed = tmp_path / "hashed.txt"
+    set_password(str(hashed), b"admin", b"pw", hasher=fast_hash)
+    hashed.chmod(0o644)
+    PasswordFile(hashed)  # hashes only: nothing to warn about
+    path.chmod(0o600)
+    PasswordFile(path)  # clear text, but only the owner reads it
+    assert "clear-text" not in caplog.text
+
+
+# -- item 6: decoys match the entries actually in the file ------------------------------
+
+
+def _argon2(password: bytes, variant: str, passes: int, kib: int) -> bytes:
+    from nacl import pwhash
+
+    module = pwhash.argon2id if variant == "argon2id" else pwhash.argon2i
+    return bytes(module.str(password, opslimit=passes, memlimit=kib * 1024))
+
+
+def _params(entry: bytes) -> bytes:
+    return entry.split(b"$")[1] + b"$" + entry.split(b"$")[3]
+
+
+@pytest.mark.parametrize(
+    ("variant", "passes", "kib"),
+    [("argon2id", 3, 16), ("argon2i", 3, 8), ("argon2id", 1, 8)],
+)
+def test_unknown_users_are_timed_against_the_files_own_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, passes: int, kib: int
+) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"alice=" + _argon2(b"pw", variant, passes, kib) + b"\nplain=clear\n")
+    passwords = PasswordFile(path)
+    checked: list[bytes] = []
+    monkeypatch.setattr(_passwords, "_verify_hash", lambda e, p: checked.append(e) or False)
+    for user in (b"alice", b"nobody", b"someone-else", b"plain"):
+        passwords.check(user, b"guess")
+    assert len(checked) == 4
+    assert {_params(e) for e in checked} == {f"{variant}$m={kib},t={passes},p=1".encode()}
+    assert checked[0] == passwords._state.entries[b"alice"]
+    assert all(e != checked[0] for e in checked[1:])  # a decoy, never the real entry
+
+
+def test_unknown_users_spread_over_parameter_sets_as_real_users_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cheap, dear = _argon2(b"a", "argon2id", 1, 8), _argon2(b"b", "argon2i", 3, 8)
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"u1=%s\nu2=%s\nu3=%s\n" % (cheap, _argon2(b"c", "argon2id", 1, 8), dear))
+    table = PasswordFile(path)
+    checked: list[bytes] = []
+    monkeypatch.setattr(_passwords, "_verify_hash", lambda e, p: checked.append(e) or False)
+    for i in range(300):
+        table.check(f"nobody{i}".encode(), b"guess")
+    share = sum(_params(e) == _params(cheap) for e in checked) / len(checked)
+    assert 0.5 < share < 0.85  # two users in three have the cheap parameters
+    checked.clear()
+    for _ in range(3):
+        table.check(b"the-same-name", b"guess")
+    assert len(set(checked)) == 1  # one name is always timed the same way, like a real user
+
+
+# -- item 11: silent mistakes are said once, without the secrets -----------------------
+
+
+def test_a_line_without_equals_is_logged_by_number_once_per_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"# users\nadmin=ok\nhunter2-typed-alone\n\n=no-name\n")
+    passwords = PasswordFile(path, check_interval=0)
+    for _ in range(3):
+        passwords.check(b"admin", b"ok")
+    passwords.reload()
+    said = [r.getMessage() for r in caplog.records if "without 'name='" in r.getMessage()]
+    assert said == [f"password file {path}: 2 line(s) without 'name=' ignored (line 3, 5)"]
+    assert "hunter2" not in caplog.text and "no-name" not in caplog.text
+    path.write_bytes(b"admin=ok\nhunter2-typed-alone\n")
+    passwords.reload()
+    said = [r.getMessage() for r in caplog.records if "without 'name='" in r.getMessage()]
+    assert len(said) == 2 and said[1].endswith("(line 2)")
+
+
+def test_a_missing_password_file_is_named_once_in_plain_words(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "p.txt"
+    with pytest.raises(zsec.FileAccessError) as caught:
+        PasswordFile(path)
+    assert str(caught.value) == f"password file {path} does not exist"
+    path.write_bytes(b"admin=pw\n")
+    path.chmod(0o600)
+    passwords = PasswordFile(path, check_interval=0)
+    path.unlink()
+    for _ in range(3):
+        assert passwords.check(b"admin", b"pw") == b"password file unavailable"
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [f"password file {path} does not exist; nobody is admitted until it is fixed"]
+
+
+def test_an_entry_with_limits_libsodium_refuses_gets_no_decoy_and_breaks_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # argon2i needs at least 3 passes: a string claiming 1 (another tool's,
+    # or edited) cannot be imitated, which is said once, and checks go on.
+    odd = _argon2(b"pw", "argon2i", 3, 8).replace(b",t=3,", b",t=1,")
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"odd=" + odd + b"\nplain=clear\n")
+    passwords = PasswordFile(path)
+    assert passwords.check(b"nobody", b"pw") == b"unknown user"
+    assert passwords.check(b"odd", b"pw") == b"wrong password"
+    assert passwords.check(b"plain", b"clear") == b""
+    assert "no decoy for argon2 entries with t=1, m=8 KiB" in caplog.text

@@ -6,8 +6,10 @@ import gc
 import logging
 import threading
 import weakref
+from typing import Any
 
 import pytest
+import zmq
 
 import zsec
 
@@ -177,3 +179,25 @@ def test_listeners_run_outside_the_store_lock() -> None:
         source.feed.update(put={"a": zsec.Cert()})
         unsubscribe()
         wait_for(lambda: seen == [True], what="listener finished")
+
+
+def test_the_readme_example_of_a_source_runs() -> None:
+    import re
+
+    from .helpers import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- trust-source-example -->\s*```python\n(.*?)```", text, re.S)
+    assert match, "README has no TrustSource example"
+    exec(compile(match.group(1), "README.md", "exec"), {"__name__": "readme_example"})  # noqa: S102
+
+
+def test_an_authenticator_takes_a_source_and_closes_the_store_it_made(
+    ctx: zmq.Context[Any],
+) -> None:
+    alice = zsec.Cert()
+    source = DictSource({"alice": alice})
+    with zsec.Auth(ctx) as auth:
+        auth.configure_curve("*", source)
+        assert source.feed is not None and source.closed == 0
+    assert source.closed == 1

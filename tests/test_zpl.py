@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 import zsec
 from zsec import _zpl
-from zsec._zpl import MAX_ZPL_BYTES, dumps, format_value, loads
+from zsec._zpl import MAX_ZPL_BYTES, MAX_ZPL_LINES, dumps, format_value, loads
 
 from .helpers import CZMQ_FIXTURES
 
@@ -212,3 +214,132 @@ def test_zpl_errors_do_not_quote_the_file() -> None:
             zsec._zpl.loads(text)
         assert kind in str(info.value)
         assert text[0] not in str(info.value) or text[0] == "n"
+
+
+def _reference_loads(text: str) -> list[tuple[int, str, str | None]]:
+    """The plain reading of a document: (depth, name, value) per property, or ZplError.
+
+    Each quote is tried in turn, rescanning the rest of the line: quadratic,
+    but obviously what the grammar says; fine for small inputs.
+    """
+    out: list[tuple[int, str, str | None]] = []
+    depth_now = -1
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", text.removeprefix("\ufeff")), 1):
+        body = line.lstrip(" ")
+        if not body.strip(" \t") or body[0] == "#":
+            continue
+        indent = len(line) - len(body)
+        if indent % 4 or indent // 4 > depth_now + 1:
+            raise zsec.ZplError("indentation", number)
+        name = re.match(r"[A-Za-z0-9$\-_@.&+/]+", body)
+        if name is None:
+            raise zsec.ZplError("name", number)
+        rest = body[name.end() :].lstrip(" \t")
+        value: str | None = None
+        if rest and rest[0] == "=":
+            value = rest[1:].lstrip(" \t")
+            if value[:1] in ("'", '"'):
+                for end in range(1, len(value) + 1):
+                    if end == len(value):
+                        raise zsec.ZplError("no closing quote", number)
+                    tail = value[end + 1 :].lstrip(" \t")
+                    if value[end] == value[0] and (not tail or tail[0] == "#"):
+                        value = value[1:end]
+                        break
+            else:
+                value = value.split("#", 1)[0].rstrip(" \t")
+        elif rest and rest[0] != "#":
+            raise zsec.ZplError("junk after the name", number)
+        depth_now = indent // 4
+        out.append((depth_now, name.group(), value))
+    return out
+
+
+def _flatten(node: _zpl.ZplNode, depth: int = 0) -> list[tuple[int, str, str | None]]:
+    out = []
+    for child in node.children:
+        out.append((depth, child.name, child.value))
+        out += _flatten(child, depth + 1)
+    return out
+
+
+_doc_alphabet = st.sampled_from(
+    ['"', "'", " ", "    ", "\t", "#", "a", "b", "=", "\n", "\r\n", "\r", "é", "\x00"]
+)
+
+
+@given(st.lists(_doc_alphabet, max_size=60).map("".join))
+def test_documents_read_as_the_plain_reference_reads_them(text: str) -> None:
+    try:
+        expected = _reference_loads(text)
+    except zsec.ZplError as exc:
+        with pytest.raises(zsec.ZplError) as caught:
+            loads(text)
+        assert caught.value.line == exc.line
+    else:
+        assert _flatten(loads(text)) == expected
+
+
+@given(st.lists(st.sampled_from(['"', "'", " ", "\t", "#", "a", "=", "é"]), max_size=40))
+def test_values_read_as_the_plain_reference_reads_them(parts: list[str]) -> None:
+    text = "name =" + "".join(parts)
+    try:
+        expected = _reference_loads(text)
+    except zsec.ZplError:
+        with pytest.raises(zsec.ZplError, match="no closing"):
+            loads(text)
+    else:
+        assert _flatten(loads(text)) == expected
+
+
+def test_a_megabyte_certificate_of_quotes_is_still_read_exactly() -> None:
+    # Issue 9, item 3: a valid certificate whose metadata value is a run of
+    # quotes, at the size cap (it took 15 s to read when each quote was
+    # tried with a rescan of the rest of the line).
+    head, tail = 'metadata\n    name = "', f'"\ncurve\n    public-key = "{KEY}"\n'
+    value = '"' * (MAX_ZPL_BYTES - len(head) - len(tail))
+    data = (head + value + tail).encode()
+    assert len(data) == MAX_ZPL_BYTES
+    cert = zsec.Cert.from_bytes(data)
+    assert cert.meta("name") == value and cert.public_txt == KEY
+
+
+def _python_lines_run(text: str) -> int:
+    """How many lines of zsec/_zpl.py run while parsing ``text`` (work done in Python)."""
+    count = 0
+
+    def trace(frame: Any, event: str, arg: object) -> Any:
+        nonlocal count
+        if frame.f_code.co_filename != _zpl.__file__:
+            return None
+        if event == "line":
+            count += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        with contextlib.suppress(zsec.ZplError):
+            loads(text)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ['"', "'", '" x', "' x", '"  \tx', '" #', "#", "a", " ", '"=\'#"'],
+    ids=repr,
+)
+def test_reading_a_line_does_no_python_work_per_character(unit: str) -> None:
+    # Linear time at C speed: a value a hundred times longer runs the same
+    # Python lines, so no shape of line can make the reader loop per character.
+    short, long = (f'name = "{unit * n}"\n' for n in (10, 1000))
+    assert _python_lines_run(short) == _python_lines_run(long)
+
+
+def test_line_cap() -> None:
+    assert len(loads("a = b\n" * MAX_ZPL_LINES).children) == MAX_ZPL_LINES
+    assert len(loads("a = b\r\n" * (MAX_ZPL_LINES - 1) + "a = b").children) == MAX_ZPL_LINES
+    for text in ("a = b\n" * (MAX_ZPL_LINES + 1), "#\r" * MAX_ZPL_LINES + "a"):
+        with pytest.raises(zsec.ZplError, match=f"more than {MAX_ZPL_LINES} lines"):
+            loads(text)

@@ -12,6 +12,9 @@ from ._errors import (
     AddressError,
     AuthError,
     CertificateError,
+    EtcdError,
+    EtcdPermissionError,
+    EtcdUnavailable,
     FileAccessError,
     HandshakeTimeout,
     KeyFormatError,
@@ -25,6 +28,8 @@ from ._errors import (
     ZsecTypeError,
     ZsecValueError,
 )
+from ._etcd import EtcdBans, EtcdPasswords, EtcdSource
+from ._events import AuditLog, Decision, TrustChange
 from ._guard import REVOKED_REPLY, AsyncGuardedSocket, Cut, GuardedSocket
 from ._index import StoreChange
 from ._monitor import Handshake, HandshakeMonitor
@@ -49,12 +54,20 @@ __all__ = [
     "ZAP_ENDPOINT",
     "AddressError",
     "AsyncGuardedSocket",
+    "AuditLog",
     "Auth",
     "AuthError",
     "Cert",
     "CertStore",
     "CertificateError",
     "Cut",
+    "Decision",
+    "EtcdBans",
+    "EtcdError",
+    "EtcdPasswords",
+    "EtcdPermissionError",
+    "EtcdSource",
+    "EtcdUnavailable",
     "FailureLimiter",
     "FileAccessError",
     "GuardedSocket",
@@ -70,6 +83,7 @@ __all__ = [
     "Policy",
     "SocketConfigError",
     "StoreChange",
+    "TrustChange",
     "TrustFeed",
     "TrustSource",
     "ZapError",

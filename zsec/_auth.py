@@ -27,8 +27,17 @@ import zmq
 from zmq.backend import Socket as _RawSocket
 
 from ._errors import AuthError, ZsecTypeError, ZsecValueError
+from ._events import (
+    AuditLog,
+    Event,
+    EventHub,
+    metrics_registry,
+    start_metrics_server,
+)
 from ._guard import Grants
 from ._passwords import PasswordFile, PasswordTable
+from ._sockets import running_contexts
+from ._source import TrustSource
 from ._store import CertStore
 from ._throttle import FailureLimiter
 from ._zap import (
@@ -87,6 +96,10 @@ class Auth:
         self._stopped = False
         self._done = threading.Event()
         self._token = secrets.token_bytes(16)
+        # Registered before binding, so that the socket helpers' probe for a
+        # missing authenticator never takes the endpoint from under us.
+        running_contexts[base.underlying] += 1
+        self._registered = base.underlying
         # CURVE providers (configure_curve_callback) decide off the pump
         # thread; each outcome comes back to the pump as a message carrying
         # this token, so only the pump touches its socket.
@@ -108,6 +121,7 @@ class Auth:
             socket.bind(ZAP_ENDPOINT)
         except zmq.ZMQError as exc:
             socket.close()
+            running_contexts[self._registered] -= 1
             if exc.errno == zmq.EADDRINUSE:
                 raise AuthError(
                     f"another authenticator is already bound to {ZAP_ENDPOINT} on this "
@@ -115,6 +129,11 @@ class Auth:
                 ) from None
             raise AuthError(f"cannot bind {ZAP_ENDPOINT}: {exc}") from None
         self._socket = socket
+        # Decisions and trust changes flow to logs, audit, metrics and
+        # subscribers through the hub's own thread, never blocking this one.
+        self._events = EventHub(lambda: self._policy)
+        self._metrics_server: Any = None
+        self._policy = self._policy.replace(emit=self._events.post)
         self._thread = threading.Thread(target=self._run, name="zsec-auth", daemon=True)
         self._thread.start()
         log.debug("authenticator started on %s", ZAP_ENDPOINT)
@@ -188,6 +207,7 @@ class Auth:
             with contextlib.suppress(zmq.ZMQError):
                 socket.unbind(ZAP_ENDPOINT)
             socket.close(linger=0)
+            running_contexts[self._registered] -= 1
             self._done.set()
 
     # -- CURVE providers: run off the pump, answered by the pump ---------------
@@ -360,6 +380,7 @@ class Auth:
     # Told of every new policy (the live-revocation guard), whichever method made it.
     _policy_listeners: tuple[Callable[[Policy], None], ...] = ()
     _warden: Any = None
+    _cuts_followed = False
 
     @property
     def _policy(self) -> Policy:
@@ -387,12 +408,16 @@ class Auth:
 
     @property
     def verbose(self) -> bool:
-        """Whether each decision is logged (INFO, ``zsec.auth`` logger; no passwords)."""
+        """Whether allowed decisions are logged at INFO rather than DEBUG (``zsec.auth``).
+
+        Refusals are logged at INFO either way; no line holds a password.
+        """
         return self._policy.verbose
 
     @verbose.setter
     def verbose(self, value: bool) -> None:
         self._update(verbose=bool(value))
+        self._events.refresh()
 
     def set_verbose(self, value: bool = True) -> None:
         """Turn the decision trace on or off (CZMQ's VERBOSE)."""
@@ -419,9 +444,9 @@ class Auth:
                 # Same object, new limits: bans and counts in progress carry on.
                 current.reconfigure(max_failures, window, ban)
             else:
-                self._policy = self._policy.replace(
-                    limiter=FailureLimiter(max_failures, window, ban)
-                )
+                limiter = FailureLimiter(max_failures, window, ban)
+                self._events.follow_bans(limiter)
+                self._policy = self._policy.replace(limiter=limiter)
 
     def allow(self, *addresses: str) -> None:
         """Admit only these addresses (IPs or CIDR networks); overrides ``deny``.
@@ -468,7 +493,7 @@ class Auth:
         """Check CURVE clients in ``domain`` (``"*"``: every domain without its own).
 
         ``location`` is a directory of trusted public certificates (followed
-        live), a ``CertStore``, ``zsec.CURVE_ALLOW_ANY`` (any client that
+        live), a ``CertStore`` or ``TrustSource``, ``zsec.CURVE_ALLOW_ANY`` (any client that
         knows the server key) or ``None`` to remove the configuration.
         pyzmq's ``'*'`` is refused: a string is always a directory here.
         """
@@ -482,11 +507,12 @@ class Auth:
                 "'*' is pyzmq's CURVE_ALLOW_ANY; for any client that knows the server key "
                 "pass zsec.CURVE_ALLOW_ANY (zsec never reads a path as 'allow any')"
             )
-        elif isinstance(location, (str, bytes, os.PathLike)):
+        elif isinstance(location, (str, bytes, os.PathLike, TrustSource)):
             source = owned = CertStore(location)
         else:
             raise ZsecTypeError(
-                "location must be a directory path, a CertStore, zsec.CURVE_ALLOW_ANY or None"
+                "location must be a directory path, a CertStore, a TrustSource, "
+                "zsec.CURVE_ALLOW_ANY or None"
             )
         self._set_curve(domain, source, owned)
 
@@ -556,6 +582,7 @@ class Auth:
             previous = self._owned.pop(domain, None)
             if owned is not None:
                 self._owned[domain] = owned
+            self._events.watch_stores(self._policy.curve)
             old_runner = None
             if type(replaced) is CurveCallback:
                 old_runner = self._runners.pop(replaced, None)
@@ -600,7 +627,12 @@ class Auth:
         """
         from ._guard import warden_of
 
-        return warden_of(self).guard(socket, on_cut)
+        warden = warden_of(self)
+        if not self._cuts_followed:
+            # Each cut becomes a "session-cut" event: logs, audit, metrics.
+            self._cuts_followed = True
+            warden.subscribe(self._events.cut_listener)
+        return warden.guard(socket, on_cut)
 
     def subscribe_cuts(self, listener: Callable[[Cut], None]) -> Callable[[], None]:
         """Call ``listener(Cut)`` for every connection any guard cuts; returns the unsubscriber."""
@@ -641,6 +673,11 @@ class Auth:
                 log.error("authenticator thread did not stop within %.0fs", _STOP_SECONDS)
         for store in owned:
             store.close()
+        self._events.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         with self._lock:
             runners, self._runners = list(self._runners.values()), {}
             loop, thread, self._loop = self._loop, self._loop_thread, None
@@ -708,6 +745,67 @@ class Auth:
             f"<zsec.Auth {state} allow={len(self._policy.allow)} deny={len(self._policy.deny)} "
             f"plain={sorted(self._policy.plain)} curve={sorted(self._policy.curve)}>"
         )
+
+    # -- operations: events, audit, metrics --------------------------------------
+
+    def subscribe(
+        self, callback: Callable[[Event], object], *, queue_size: int = 65_536
+    ) -> Callable[[], None]:
+        """Call ``callback(event)`` for every decision and trust change; returns an unsubscriber.
+
+        Events are ``zsec.Decision`` and ``zsec.TrustChange`` values
+        (immutable, never holding a password or secret key), delivered in
+        order from a thread of this subscription's own. A slow, blocking or
+        raising callback never delays authentication: when ``queue_size``
+        events wait for it, newer ones are dropped and counted
+        (``dropped_events``); its exceptions are logged and ignored.
+        """
+        return self._events.subscribe(callback, queue_size)
+
+    def audit_log(self, path: Any) -> AuditLog | None:
+        """Append every decision and trust change to ``path`` as JSON lines; None stops.
+
+        One JSON object per line, appended to an ``O_APPEND`` file (mode
+        0600 when created) so that no line straddles a 4 KiB boundary: a
+        crash leaves no half line. A rotated file (renamed away) is noticed
+        and the path reopened, losing nothing. The schema is in
+        docs/operations.md.
+        """
+        audit = None if path is None else AuditLog(path)
+        self._events.set_audit(audit)
+        return audit
+
+    def enable_metrics(self, registry: Any = None) -> Any:
+        """Export Prometheus metrics into ``registry`` (a new one by default) and return it.
+
+        Needs ``pip install 'zsec[metrics]'`` (prometheus_client); raises
+        ``AuthError`` without it.
+        """
+        return metrics_registry(self._events.enable_metrics(), registry)
+
+    def serve_metrics(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Serve Prometheus metrics at ``http://addr:port/metrics``; returns the port.
+
+        Bound to loopback unless ``addr`` says otherwise; ``port=0`` picks a
+        free port. One server per authenticator, shut down by ``stop()``.
+        """
+        with self._lock:
+            self._check_running()
+            if self._metrics_server is not None:
+                raise AuthError("this authenticator already serves metrics")
+            metrics = self._events.enable_metrics()
+            server, _ = start_metrics_server(metrics, port, addr)
+            self._metrics_server = server
+        return int(server.server_port)
+
+    def flush_events(self, timeout: float = 5.0) -> bool:
+        """Wait until events so far are logged, audited, counted and queued to subscribers."""
+        return self._events.flush(timeout)
+
+    @property
+    def dropped_events(self) -> int:
+        """Events dropped so far because a queue was full."""
+        return self._events.dropped
 
 
 def _password_source(passwords: Any) -> PasswordFile | PasswordTable:

@@ -49,6 +49,9 @@ _FAST_CERT = re.compile(
     _SKIP_LINES + r"metadata[ \t]*\n((?:" + _META_LINE.replace("(", "(?:") + r")*)" + _CURVE_SECTION
 )
 _FAST_META = re.compile(_META_LINE)
+# Past this many lines a file is not a common certificate: trying the layout
+# first would only add its cost to the full reader's.
+_FAST_MAX_LINES = 64
 # The same layout with up to 8 metadata lines captured directly, which saves
 # a second pass over them in the common case.
 _FAST_LINES = 8
@@ -108,7 +111,7 @@ def fast_fields(
     texts are 40 characters of the Z85 alphabet, not yet decoded. ``share``
     (a dict's ``setdefault``) canonicalises metadata strings.
     """
-    if b"\r" in data or len(data) > MAX_CERT_BYTES:
+    if b"\r" in data or len(data) > MAX_CERT_BYTES or data.count(b"\n") > _FAST_MAX_LINES:
         return None
     try:
         text = data.decode("utf-8")
@@ -168,7 +171,9 @@ class Cert:
     constant time and ignores metadata.
     """
 
-    __slots__ = ("_frozen", "_meta", "_public", "_public_txt", "_secret")
+    __slots__ = ("_frozen", "_meta", "_path", "_public", "_public_txt", "_secret")
+    # The file ``load`` read (set only there): lets an error message name it.
+    _path: str
 
     def __init__(self) -> None:
         public, secret = generate_keypair()
@@ -239,7 +244,10 @@ class Cert:
         except FileAccessError:
             data = read_capped(path, MAX_CERT_BYTES, "certificate")
             used = path
-        return cls.from_bytes(data, used)
+        cert = cls.from_bytes(data, used)
+        # Not secret: lets an error name the file (read with getattr: unset elsewhere).
+        cert._path = path
+        return cert
 
     @classmethod
     def from_bytes(cls, data: bytes | str, source: str = "<certificate>") -> Cert:

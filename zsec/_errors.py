@@ -16,6 +16,9 @@ Every error zsec raises on purpose is defined here::
     │   └── SocketConfigError            a socket option zsec refuses to set
     ├── FileAccessError (OSError)        a file that cannot be read, written or found
     ├── AuthError (RuntimeError)         an authenticator that cannot start or is stopped
+    ├── EtcdError (OSError)              etcd failed a request or cannot be used
+    │   ├── EtcdUnavailable (ConnectionError)      no etcd endpoint answered in time
+    │   └── EtcdPermissionError (PermissionError)  etcd refused the user, password or role
     └── HandshakeTimeout (TimeoutError)  no handshake outcome before the deadline
 
 No message contains a password or a secret key.
@@ -102,6 +105,21 @@ class FileAccessError(ZsecError, OSError):
 
 class AuthError(ZsecError, RuntimeError):
     """The authenticator cannot start, or is used after ``stop()``."""
+
+
+class EtcdError(ZsecError, OSError):
+    """etcd failed a request, or the etcd client (``pip install 'zsec[etcd]'``) is missing."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class EtcdUnavailable(EtcdError, ConnectionError):
+    """No etcd endpoint answered within the timeout."""
+
+
+class EtcdPermissionError(EtcdError, PermissionError):
+    """etcd refused the request: wrong user or password, or a role without the permission."""
 
 
 class HandshakeTimeout(ZsecError, TimeoutError):

@@ -132,8 +132,11 @@ class Grants:
                 # entry other than the one the password matched. Unstamped,
                 # the guard refuses the connection; the client redials.
                 return unstamped(reply)
-        value = b"%x." % next(self._next) + tag
-        key = (request.domain, tag, reply.user_id)
+        # CURVE grants name the client key too: the User-Id may be anything
+        # (Auth.curve_user_id), and the guard must look the key up.
+        suffix = tag + b"." + request.client_key.hex().encode() if request.client_key else tag
+        value = b"%x." % next(self._next) + suffix
+        key = (request.domain, suffix, reply.user_id)
         addresses = self._seen.get(key)
         if addresses is None or request.address not in addresses:
             with self._lock:
@@ -161,8 +164,9 @@ class Grants:
             seen = list(self._seen.items())
         out: dict[bytes, set[str]] = {}
         for key, addresses in seen:
-            domain, tag, user_id = key
-            if policy.grant_tag(_mechanism(tag), domain, user_id) != tag:
+            domain, suffix, user_id = key
+            tag, client_key = _split(suffix)
+            if policy.grant_tag(_mechanism(tag), domain, user_id, client_key) != tag:
                 ips = {a.decode("ascii", "replace") for a in addresses}
                 out.setdefault(domain, set()).update(ips)
                 with self._lock:
@@ -184,6 +188,15 @@ def _mechanism(tag: bytes) -> bytes:
     return _MECHANISMS.get(tag[:1], "?").encode()
 
 
+def _split(suffix: bytes) -> tuple[bytes, bytes]:
+    """A grant's tag, and the raw CURVE client key it names (b"" if none)."""
+    tag, _, hexkey = suffix.partition(b".")
+    try:
+        return tag, bytes.fromhex(hexkey.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return tag, b""
+
+
 def judge(policy: Policy, domain: bytes, grant: str, user_id: str, address: str) -> str:
     """Why a connection admitted with ``grant`` is no longer trusted by ``policy``; "" if it is."""
     raw_address = address.encode("utf-8", "replace")
@@ -193,9 +206,10 @@ def judge(policy: Policy, domain: bytes, grant: str, user_id: str, address: str)
     refused = policy.address_verdict(raw_address)
     if refused:
         return refused.decode()
-    tag = grant.partition(".")[2].encode("ascii", "replace")
+    tag, client_key = _split(grant.partition(".")[2].encode("ascii", "replace"))
     mechanism = _mechanism(tag)
-    now = policy.grant_tag(mechanism, domain, user_id.encode("utf-8", "surrogateescape"))
+    raw_user = user_id.encode("utf-8", "surrogateescape")
+    now = policy.grant_tag(mechanism, domain, raw_user, client_key)
     if now == tag:
         return ""
     if mechanism == b"PLAIN":

@@ -99,18 +99,24 @@ class KeyIndex:
     # -- new values ------------------------------------------------------------
 
     def reset(self, entries: Mapping[str, Cert]) -> tuple[KeyIndex, set[bytes]]:
-        """The index with the source's entries replaced by ``entries`` as a whole."""
-        mine = dict(entries)
-        holders: _Holders = {}
-        primary: dict[bytes, Cert] = {}
-        for name, cert in mine.items():
-            key = cert.public_key
-            held = holders.get(key)
-            if held is None:
-                holders[key] = name
-                primary[key] = cert
-            else:
-                holders[key] = (held, name) if isinstance(held, str) else (*held, name)
+        """The index with the source's entries replaced by ``entries`` as a whole.
+
+        A ``dict`` is kept as it is (no copy): the caller must not change it.
+        """
+        mine = entries if type(entries) is dict else dict(entries)
+        keys = [cert.public_key for cert in mine.values()]
+        holders: _Holders = dict(zip(keys, mine, strict=True))
+        primary = dict(zip(keys, mine.values(), strict=True))
+        if len(holders) != len(mine):  # a key held by several entries: the first wins
+            holders, primary = {}, {}
+            for name, cert in mine.items():
+                key = cert.public_key
+                held = holders.get(key)
+                if held is None:
+                    holders[key] = name
+                    primary[key] = cert
+                else:
+                    holders[key] = (held, name) if isinstance(held, str) else (*held, name)
         new = KeyIndex(mine, holders, primary, self._inserted)
         return new, _differing(self.table, new.table)
 
@@ -166,6 +172,8 @@ def _drop(
 
 
 def _differing(old: Mapping[bytes, Cert], new: Mapping[bytes, Cert]) -> set[bytes]:
+    if not old:
+        return set(new)
     changed = {k for k, cert in new.items() if old.get(k) is not cert}
     changed.update(k for k in old if k not in new)
     return changed

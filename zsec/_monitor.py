@@ -40,8 +40,14 @@ _names = itertools.count()
 Listener = Callable[[int, int], None]
 
 _NO_DETAIL = {
-    errno.EFAULT: "no authenticator is running where one is required",
-    errno.EPIPE: "the peer closed the connection during the handshake",
+    errno.EFAULT: (
+        "no ZAP authenticator is running on this server's zmq context, so every client is "
+        "refused; start zsec.Auth(ctx) on the server socket's context"
+    ),
+    errno.EPIPE: (
+        "the peer closed the connection during the handshake; for a CURVE client the likely "
+        "causes are a wrong server key, or no authenticator running on the server's context"
+    ),
     errno.EAGAIN: "the handshake timed out",
 }
 _ZAP_STATUS = {

@@ -4,24 +4,39 @@ Plain-text passwords are compared as keyed digests under a per-process key,
 so the comparison takes the same time whatever the password and its length.
 Hashed entries hold libsodium's argon2id string (``zsec passwd`` writes
 them); a verified password is remembered as such a digest, so only the first
-login of a user after a change pays for argon2.
+login of a user after a change pays for argon2. A refusal that runs no real
+hash (an unknown user, a wrong clear-text password) runs a decoy made with
+the limits of the entries actually present, so timing does not tell which
+usernames exist.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
+import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from ._errors import FileAccessError, PasswordError, ZsecError, ZsecTypeError
-from ._files import SECRET_MODE, fspath, owner_to_keep, read_capped, write_atomic
+from ._files import (
+    SECRET_MODE,
+    fspath,
+    mode_problem,
+    owner_to_keep,
+    read_capped,
+    read_regular,
+    stat_signature,
+    write_atomic,
+)
 
 log = logging.getLogger("zsec.auth")
 
@@ -43,6 +58,8 @@ def _digest(password: bytes) -> bytes:
 # Tags of entries (PasswordFile.entry_tag) under their own key, so a tag
 # never equals the digest it was made from.
 _TAG_MAC = hashlib.blake2b(key=secrets.token_bytes(32), digest_size=16)
+# Picks the decoy an unknown user is timed against, by username.
+_PICK_MAC = hashlib.blake2b(key=secrets.token_bytes(32), digest_size=8)
 
 # Compared against when the user does not exist, so that an unknown user
 # costs the same as a wrong password.
@@ -52,7 +69,9 @@ _DUMMY = _digest(b"")
 _SETTLE_SECONDS = 1.0
 
 
-def parse_passwords(data: bytes, *, complete: bool = True) -> dict[bytes, bytes]:
+def parse_passwords(
+    data: bytes, *, complete: bool = True, ignored: list[int] | None = None
+) -> dict[bytes, bytes]:
     """Parse password-file bytes into ``{username: entry}``; total for any input.
 
     Follows CZMQ (zhashx_load): one ``name=password`` per line, split at the
@@ -61,7 +80,8 @@ def parse_passwords(data: bytes, *, complete: bool = True) -> dict[bytes, bytes]
     name wins. Unlike CZMQ, a CR before the LF is not part of the password.
     With ``complete=False`` a last line without a newline is left out.
     Entries are 32-byte keyed digests of plain passwords, or (longer) argon2
-    hash strings.
+    hash strings. The 1-based numbers of the ignored non-blank, non-comment
+    lines are appended to ``ignored`` when it is given.
     """
     if not isinstance(data, bytes):
         raise ZsecTypeError(f"password data must be bytes, not {type(data).__name__}")
@@ -69,13 +89,15 @@ def parse_passwords(data: bytes, *, complete: bool = True) -> dict[bytes, bytes]
     if not complete and lines and lines[-1]:
         lines.pop()
     entries: dict[bytes, bytes] = {}
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line or line[0] == 0x23:  # '#'
             continue
         name, sep, password = line.partition(b"=")
         if not sep or not name:
+            if ignored is not None:
+                ignored.append(number)
             continue
         entries[name] = password if password.startswith(_HASH_PREFIXES) else _digest(password)
     return entries
@@ -86,7 +108,9 @@ class _State(NamedTuple):
 
     entries: dict[bytes, bytes]  # username -> keyed digest (32 bytes) or argon2 string
     verified: dict[bytes, bytes]  # username -> digest of a password argon2 accepted
-    decoy: bytes | None  # a hashed entry to time refusals against, when there are hashes
+    # Decoy hashes, one per hashed entry (shared per parameter set): a refusal
+    # that runs no real hash runs the decoy picked for its username instead.
+    decoys: tuple[bytes, ...]
     version: int
     problem: str  # why the source is unusable ("" when it is fine)
 
@@ -96,7 +120,7 @@ class _PasswordSet:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._state = _State({}, {}, None, 0, "")
+        self._state = _State({}, {}, (), 0, "")
 
     def __len__(self) -> int:
         return len(self._state.entries)
@@ -142,14 +166,12 @@ class _PasswordSet:
             # tell which names exist: a digest compare, and a decoy hash check
             # when there are hashes (the result is ignored).
             hmac.compare_digest(given, _DUMMY)
-            if state.decoy is not None:
-                _verify_hash(state.decoy, password)
+            _run_decoy(state.decoys, username, password)
             return b"password file unavailable" if state.problem else b"unknown user"
         if len(entry) == _DIGEST_BYTES:
             if hmac.compare_digest(given, entry):
                 return b""
-            if state.decoy is not None:
-                _verify_hash(state.decoy, password)  # as slow as a hashed user's refusal
+            _run_decoy(state.decoys, username, password)  # as slow as a hashed refusal
             return b"wrong password"
         remembered = state.verified.get(username)
         if remembered is not None and hmac.compare_digest(given, remembered):
@@ -169,9 +191,62 @@ class _PasswordSet:
             # Same entries: passwords verified so far are still right.
             self._state = old._replace(problem=problem)
             return
-        hashed = any(len(e) != _DIGEST_BYTES for e in entries.values())
-        decoy = _decoy_hash() if hashed else None
-        self._state = _State(entries, {}, decoy, old.version + 1, problem)
+        decoys = _decoys_for(entries.values())
+        self._state = _State(entries, {}, decoys, old.version + 1, problem)
+
+
+# argon2 strings as libsodium writes them: the variant, then memory (KiB),
+# passes and lanes (libsodium always uses one lane).
+_HASH_PARAMS = re.compile(rb"\$(argon2id|argon2i)\$v=19\$m=([0-9]{1,10}),t=([0-9]{1,10}),p=1\$")
+
+
+def _decoys_for(entries: Iterable[bytes]) -> tuple[bytes, ...]:
+    """One decoy per hashed entry, made with that entry's own variant and limits.
+
+    A refusal that runs no real hash (an unknown user, a wrong clear-text
+    password) verifies against the decoy picked by its username: unknown
+    names then fall on each parameter set in the proportion that real users
+    do, so an unknown user costs what a known user with a wrong password costs.
+    Entries of the same parameters share one decoy, made once per process.
+    """
+    decoys = []
+    for entry in entries:
+        if len(entry) == _DIGEST_BYTES:
+            continue
+        match = _HASH_PARAMS.match(entry)
+        if match is None:
+            continue  # not a hash libsodium can check: it is refused at once
+        variant, kib, passes = match.group(1), int(match.group(2)), int(match.group(3))
+        decoy = _decoy_hash(variant, passes, kib)
+        if decoy is not None:
+            decoys.append(decoy)
+    return tuple(decoys)
+
+
+def _run_decoy(decoys: tuple[bytes, ...], username: bytes, password: bytes) -> None:
+    if decoys:
+        pick = _PICK_MAC.copy()
+        pick.update(username)
+        _verify_hash(decoys[int.from_bytes(pick.digest(), "big") % len(decoys)], password)
+
+
+@functools.lru_cache(maxsize=64)
+def _decoy_hash(variant: bytes, passes: int, kib: int) -> bytes | None:
+    """A valid argon2 string of a random password with these parameters, or None if invalid."""
+    from nacl import pwhash
+
+    module = pwhash.argon2id if variant == b"argon2id" else pwhash.argon2i
+    try:
+        return bytes(module.str(secrets.token_bytes(16), opslimit=passes, memlimit=kib * 1024))
+    except Exception as exc:  # noqa: BLE001 - limits libsodium refuses, or memory it cannot get
+        log.warning(
+            "no decoy for argon2 entries with t=%d, m=%d KiB (%s): unknown users may be "
+            "told from known ones by timing",
+            passes,
+            kib,
+            type(exc).__name__,
+        )
+        return None
 
 
 class PasswordTable(_PasswordSet):
@@ -208,10 +283,8 @@ def _table_entries(mapping: Mapping[str | bytes, str | bytes]) -> dict[bytes, by
         name = _as_bytes(user, "a username")
         secret = _as_bytes(password, "a password")
         if not 0 < len(name) <= 255:
-            # Empty: the login's User-Id would be empty, which names nobody
-            # (zsec gives every other admission 1-255 bytes; a password file
-            # ignores such lines too).
-            raise PasswordError("a username must be 1-255 bytes (PLAIN cannot send more)")
+            # Empty would give an empty User-Id; PLAIN cannot send more than 255.
+            raise PasswordError("a username must be 1 to 255 bytes")
         entries[name] = secret if secret.startswith(_HASH_PREFIXES) else _digest(secret)
     return entries
 
@@ -235,18 +308,30 @@ def _as_bytes(value: object, what: str, encoding: str = "utf-8") -> bytes:
 class PasswordFile(_PasswordSet):
     """A password file for PLAIN, checked in constant time and reloaded when it changes.
 
-    The file is read when the object is made (a missing file is an error
-    then); afterwards a change is noticed within ``check_interval`` seconds
-    of the next login attempt. A file that disappears or cannot be read
-    admits nobody until it is back.
+    The file is read when the object is made (a missing, unreadable or
+    refused file is a ``FileAccessError`` then); afterwards a change is
+    noticed within ``check_interval`` seconds of the next login attempt. A
+    file that disappears, cannot be read or is refused admits nobody until
+    it is back. Only a regular file is read, and never with a blocking open,
+    so a FIFO or device in its place cannot hang the authenticator.
+
+    With ``strict=True`` (the default) the file is refused when group or
+    others can write it or when it is owned by another user than this
+    process's or root, as ``CertStore`` refuses such certificates: either
+    would let someone else add a user. ``strict=False`` turns the check off.
+    A clear-text entry in a file that others can read is used, with a warning.
     """
 
-    def __init__(self, path: Any, *, check_interval: float = 0.1) -> None:
+    def __init__(self, path: Any, *, check_interval: float = 0.1, strict: bool = True) -> None:
         super().__init__()
         self.path = fspath(path, "password file path")
         self._interval = float(check_interval)
+        self._strict = bool(strict)
         self._signature: tuple[int, ...] | None = None
         self._next_check = 0.0
+        # What was last said about the file, so each finding is logged once.
+        self._said_ignored: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._said_readable = False
         self._load(raise_errors=True)
 
     def __repr__(self) -> str:
@@ -265,41 +350,85 @@ class PasswordFile(_PasswordSet):
     def _load(self, *, raise_errors: bool) -> None:
         with self._lock:
             try:
-                st = os.stat(self.path)
-                signature = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
-                if signature == self._signature:
+                # A stat never blocks and tells whether anything changed; the
+                # signature kept is the one of the file actually read.
+                if stat_signature(os.stat(self.path)) == self._signature:
                     return
-                data = read_capped(self.path, MAX_PASSWORD_FILE_BYTES, "password file")
+                data, st = read_regular(self.path, MAX_PASSWORD_FILE_BYTES, "password file")
             except (OSError, ZsecError) as exc:
-                if raise_errors:
-                    if isinstance(exc, FileAccessError):
-                        raise
-                    raise FileAccessError(
-                        f"cannot read password file {self.path}: {exc}", filename=self.path
-                    ) from None
-                reason = str(exc)
-                if reason != self._state.problem:
-                    log.warning(
-                        "password file %s unusable, nobody is admitted: %s", self.path, reason
-                    )
-                self._signature = None
-                self._publish({}, reason)
+                self._refuse(_unreadable(self.path, exc), raise_errors)
+                return
+            problem = (
+                mode_problem(st, self.path, "password file", "PasswordFile(..., strict=False)")
+                if self._strict
+                else None
+            )
+            if problem is not None:
+                self._refuse(problem, raise_errors)
+                # The same file is not judged again until it changes (a chmod
+                # or chown changes its signature).
+                self._signature = stat_signature(st)
                 return
             settled = time.time() - st.st_mtime >= _SETTLE_SECONDS
             complete = settled or data.endswith(b"\n") or not data
-            entries = parse_passwords(data, complete=complete)
+            ignored: list[int] = []
+            entries = parse_passwords(data, complete=complete, ignored=ignored)
             if self._state.problem:
                 log.warning("password file %s is usable again", self.path)
             self._publish(entries)
             # Until the file settles, keep looking: its last line may grow.
-            self._signature = signature if complete else None
+            self._signature = stat_signature(st) if complete else None
+            self._say_findings(st, entries, ignored)
             log.debug("loaded %d user(s) from %s", len(entries), self.path)
 
+    def _refuse(self, problem: str, raise_errors: bool) -> None:
+        if raise_errors:
+            raise FileAccessError(problem, filename=self.path)
+        if problem != self._state.problem:
+            log.warning("%s; nobody is admitted until it is fixed", problem)
+        self._signature = None
+        self._publish({}, problem)
 
-@functools.cache
-def _decoy_hash() -> bytes:
-    """A valid argon2id hash of a random password, made once (with zsec passwd's limits)."""
-    return hash_password(secrets.token_bytes(16))
+    def _say_findings(
+        self, st: os.stat_result, entries: dict[bytes, bytes], ignored: list[int]
+    ) -> None:
+        """Log, once per version of the file, what is legal but probably a mistake."""
+        version = (stat_signature(st), tuple(ignored))
+        if ignored and self._said_ignored != version:
+            # Line numbers only: a line without '=' may well be a password.
+            shown = ", ".join(map(str, ignored[:10])) + (", ..." if len(ignored) > 10 else "")
+            log.warning(
+                "password file %s: %d line(s) without 'name=' ignored (line %s)",
+                self.path,
+                len(ignored),
+                shown,
+            )
+        self._said_ignored = version
+        readable = bool(st.st_mode & 0o044) and any(
+            len(e) == _DIGEST_BYTES for e in entries.values()
+        )
+        if readable and not self._said_readable:
+            log.warning(
+                "password file %s holds clear-text passwords and is readable by group or "
+                "others (mode %04o); fix: chmod go-r %s, or hash them with zsec passwd",
+                self.path,
+                stat.S_IMODE(st.st_mode),
+                self.path,
+            )
+        self._said_readable = readable
+
+
+def _unreadable(path: str, exc: BaseException) -> str:
+    """Say why a password file cannot be read, once, without repeating the path."""
+    if isinstance(exc, FileAccessError) and exc.errno is None:
+        return str(exc)  # not a regular file, or too large: already a full sentence
+    number = getattr(exc, "errno", None)
+    if number == errno.ENOENT:
+        return f"password file {path} does not exist"
+    if number == errno.ENOTDIR:
+        return f"password file {path} does not exist (a part of the path is not a directory)"
+    reason = os.strerror(number) if number else str(exc)
+    return f"cannot read password file {path}: {reason[:1].lower()}{reason[1:]}"
 
 
 def _verify_hash(entry: bytes, password: bytes) -> bool:

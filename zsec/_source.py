@@ -15,10 +15,12 @@ import abc
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+from ._cert import Cert
+
 
 class _Sink(Protocol):
-    def _feed_reset(self, entries: Mapping[str, object]) -> None: ...
-    def _feed_update(self, put: Mapping[str, object], delete: Iterable[str]) -> None: ...
+    def _feed_reset(self, entries: Mapping[str, Cert]) -> None: ...
+    def _feed_update(self, put: Mapping[str, Cert], delete: Iterable[str]) -> None: ...
     def _feed_ready(self, ready: bool, reason: str) -> None: ...
 
 
@@ -42,13 +44,13 @@ class TrustFeed:
     def __init__(self, sink: _SinkRef) -> None:
         self._sink = sink
 
-    def reset(self, entries: Mapping[str, object]) -> None:
+    def reset(self, entries: Mapping[str, Cert]) -> None:
         """Replace the source's whole set: entry name -> public ``Cert``."""
         store = self._sink()
         if store is not None:
             store._feed_reset(entries)
 
-    def update(self, put: Mapping[str, object] = {}, delete: Iterable[str] = ()) -> None:
+    def update(self, put: Mapping[str, Cert] = {}, delete: Iterable[str] = ()) -> None:
         """Remove the entries named in ``delete``, then set those in ``put``, as one change."""
         store = self._sink()
         if store is not None:

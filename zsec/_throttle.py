@@ -42,6 +42,10 @@ class FailureLimiter:
         # reconnect of each connection the guard cut must not ban bystanders.
         self._excused: dict[bytes, tuple[int, float]] = {}
         self._ban_listeners: tuple[Callable[[bytes], None], ...] = ()
+        self._end_listeners: tuple[Callable[[bytes], None], ...] = ()
+        # Bans from elsewhere in a fleet (address -> end on this clock), replaced
+        # as a whole by their feeder (zsec.EtcdBans); read here without a lock.
+        self.shared_bans: dict[bytes, float] = {}
 
     def reconfigure(self, max_failures: int, window: float, ban: float) -> None:
         """Change the limits; bans and counts in progress are kept."""
@@ -65,7 +69,8 @@ class FailureLimiter:
         """True while ``address`` is banned; notices (and logs) a ban that has ended."""
         until = self._banned.get(address)
         if until is None:
-            return False
+            shared = self.shared_bans.get(address)
+            return shared is not None and self._clock() < shared
         if self._clock() < until:
             return True
         self._end(address)
@@ -91,6 +96,15 @@ class FailureLimiter:
 
         def unsubscribe() -> None:
             self._ban_listeners = tuple(x for x in self._ban_listeners if x is not listener)
+
+        return unsubscribe
+
+    def on_ban_end(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
+        """Call ``listener(address)`` when a ban ends; returns a function that unsubscribes."""
+        self._end_listeners = (*self._end_listeners, listener)
+
+        def unsubscribe() -> None:
+            self._end_listeners = tuple(x for x in self._end_listeners if x is not listener)
 
         return unsubscribe
 
@@ -152,6 +166,11 @@ class FailureLimiter:
     def _end(self, address: bytes) -> None:
         if self._banned.pop(address, None) is not None:
             log.warning("ban on address %s ended", _show(address))
+            for listener in self._end_listeners:
+                try:
+                    listener(address)
+                except Exception:  # a listener must not break the sweep
+                    log.exception("ban listener failed")
 
 
 def _show(address: bytes) -> str:

@@ -16,6 +16,7 @@ import ipaddress
 import itertools
 import logging
 import struct
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
@@ -418,6 +419,7 @@ class Policy:
         "curve",
         "curve_user_id",
         "deny",
+        "emit",
         "grants",
         "limiter",
         "plain",
@@ -433,6 +435,7 @@ class Policy:
         curve: Mapping[str, CurveSource] | None = None,
         verbose: bool = False,
         limiter: FailureLimiter | None = None,
+        emit: Callable[..., None] | None = None,
         curve_user_id: Callable[[bytes], str | bytes] | None = None,
         grants: Grants | None = None,
     ) -> None:
@@ -443,6 +446,9 @@ class Policy:
         put(self, "curve", dict(curve or {}))
         put(self, "verbose", bool(verbose))
         put(self, "limiter", limiter)
+        # Receives each decision (t0, request, reply, cert, frames): the
+        # authenticator's event hub. It must not block or raise.
+        put(self, "emit", emit)
         put(self, "curve_user_id", curve_user_id)
         put(self, "grants", grants)
         # Byte-keyed views for the request path, and caches of derived answers
@@ -462,6 +468,7 @@ class Policy:
             "curve": self.curve,
             "verbose": self.verbose,
             "limiter": self.limiter,
+            "emit": self.emit,
             "curve_user_id": self.curve_user_id,
             "grants": self.grants,
         }
@@ -474,6 +481,7 @@ class Policy:
     curve: dict[str, CurveSource]
     verbose: bool
     limiter: FailureLimiter | None
+    emit: Callable[..., None] | None
     curve_user_id: Callable[[bytes], str | bytes] | None
     grants: Grants | None
     _plain: dict[bytes, PasswordFile]
@@ -674,6 +682,8 @@ class Policy:
         ``verdict`` with the same frames to get the reply). Never raises: a
         malformed request gets a 400 and an internal failure a 500.
         """
+        emit = self.emit
+        t0 = time.perf_counter() if emit is not None else 0.0
         start = envelope_end(frames)
         if start is None:
             log.warning("dropped a message without a ZAP envelope (%d frames)", len(frames))
@@ -681,8 +691,13 @@ class Policy:
         try:
             request = ZapRequest.from_frames(frames, start)
         except ZapError as exc:
-            log.warning("malformed ZAP request: %s", exc)
-            return error_reply(frames, exc.status, str(exc).encode())
+            reply_frames = error_reply(frames, exc.status, str(exc).encode())
+            if emit is None:
+                log.warning("malformed ZAP request: %s", exc)
+            elif reply_frames is not None:
+                with contextlib.suppress(Exception):
+                    emit(t0, None, ZapReply(*reply_frames[start + 1 : start + 6]), None, frames)
+            return reply_frames
         try:
             reply = self.decide(request, verdict)
             if isinstance(reply, Pending):
@@ -713,7 +728,13 @@ class Policy:
         try:
             if self.limiter is not None and reply.status_text in CLIENT_FAULTS:
                 self.limiter.failed(limit_key(request.address))
-            if self.verbose:
+            if emit is not None:
+                cert = None
+                if reply.status_code == b"200" and request.mechanism == b"CURVE":
+                    entry = self._curve_cache.get(request.credentials[0])
+                    cert = None if entry is None or entry[0] is CURVE_ALLOW_ANY else entry[0]
+                emit(t0, request, reply, cert)
+            elif self.verbose:
                 _trace(request, reply)
         except Exception:
             with contextlib.suppress(Exception):

@@ -18,10 +18,17 @@ from ._errors import ZplError, ZsecTypeError
 
 #: Largest document the reader accepts; a certificate is well under 1 KiB.
 MAX_ZPL_BYTES = 1 << 20
+#: Most lines the reader accepts (a certificate has about a dozen). Each line
+#: costs a few microseconds of Python, so with this cap a document of many
+#: short lines costs no more than one long line of the same size.
+MAX_ZPL_LINES = 1024
 
 _NAME = re.compile(r"[A-Za-z0-9$\-_@.&+/]+")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _WSP = " \t"
+# A quote, a blank, then only blanks up to a comment (a two-character literal
+# prefix, which the regex engine scans for without a try at every quote).
+_CLOSING = {q: tuple(re.compile(q + blank + r"[ \t]*#") for blank in _WSP) for q in "\"'"}
 # What a writer must never put inside a value: it would end the line.
 _UNWRITABLE = re.compile(r"[\r\n]")
 
@@ -64,7 +71,9 @@ def loads(data: bytes | str) -> ZplNode:
     """Parse a ZPL document into a tree whose root is named ``root``.
 
     Raises ``ZplError`` for anything that is not ZPL (with the line number),
-    for text that is not UTF-8, and for documents over ``MAX_ZPL_BYTES``.
+    for text that is not UTF-8, and for documents over ``MAX_ZPL_BYTES`` or
+    ``MAX_ZPL_LINES``. Takes linear time: any document within the caps
+    parses in milliseconds.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
@@ -82,6 +91,10 @@ def loads(data: bytes | str) -> ZplNode:
         raise ZsecTypeError(f"ZPL input must be bytes or str, not {type(data).__name__}")
     if text.startswith("\ufeff"):
         text = text[1:]
+    lines_in = text.count("\n") + text.count("\r") - text.count("\r\n")
+    lines_in += not text.endswith(("\n", "\r"))
+    if lines_in > MAX_ZPL_LINES:
+        raise ZplError(f"document has more than {MAX_ZPL_LINES} lines")
     lines = _LINE_BREAK.split(text) if "\r" in text else text.split("\n")
 
     root = ZplNode("root")
@@ -89,7 +102,7 @@ def loads(data: bytes | str) -> ZplNode:
     stack = [root]
     for lineno, line in enumerate(lines, 1):
         body = line.lstrip(" ")
-        if not body.strip(_WSP) or body[0] == "#":
+        if not body or body[0] == "#" or (body[0] == "\t" and not body.strip(_WSP)):
             continue
         indent = len(line) - len(body)
         if indent % 4:
@@ -138,15 +151,22 @@ def _parse_value(text: str, lineno: int) -> str:
     # The value ends at the first closing quote followed only by whitespace or
     # a comment. That is CZMQ's reading wherever CZMQ accepts the line, and it
     # also reads the values with embedded quotes that CZMQ writes but rejects.
-    start = 1
-    while True:
-        end = text.find(quote, start)
-        if end < 0:
-            raise ZplError(f"quoted value has no closing {quote}", lineno)
-        tail = text[end + 1 :].lstrip(_WSP)
-        if not tail or tail[0] == "#":
-            return text[1:end]
-        start = end + 1
+    # Linear time, and no per-character work in Python: a closing quote is
+    # followed by '#', by blanks and '#', or is the last non-blank character;
+    # each is found by one C-level search (the first two for a two-character
+    # prefix), so even a line made only of quotes costs no Python loop.
+    ends = [text.find(quote + "#", 1)]
+    for pattern in _CLOSING[quote]:
+        match = pattern.search(text, 1)
+        if match is not None:
+            ends.append(match.start())
+    last = len(text.rstrip(_WSP)) - 1
+    if last >= 1 and text[last] == quote:
+        ends.append(last)
+    found = [end for end in ends if end >= 1]
+    if not found:
+        raise ZplError(f"quoted value has no closing {quote}", lineno)
+    return text[1 : min(found)]
 
 
 def reads_back(value: str, quote: str) -> bool:

@@ -1,0 +1,324 @@
+"""Decision and trust-change events: their fields, their logging, and subscribers that misbehave."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+import zsec
+from zsec._keys import z85_encode
+
+from .helpers import (
+    CLIENT_PUBLIC,
+    bind_loopback,
+    req,
+    socket,
+    wait_for,
+    zap_ask,
+)
+
+
+class Recorder:
+    """A subscriber that keeps every event it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def __call__(self, event: Any) -> None:
+        self.events.append(event)
+
+    def decisions(self) -> list[zsec.Decision]:
+        return [e for e in self.events if isinstance(e, zsec.Decision)]
+
+    def trust(self) -> list[zsec.TrustChange]:
+        return [e for e in self.events if isinstance(e, zsec.TrustChange)]
+
+
+def _recorded(auth: zsec.Auth, ctx: zmq.Context[Any], *requests: list[bytes]) -> list[Any]:
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    zap_ask(ctx, *requests)
+    wait_for(lambda: len(recorder.decisions()) >= len(requests), what="decision events")
+    return recorder.decisions()
+
+
+def _cert_dir(tmp_path: Path, **names: zsec.Cert) -> Path:
+    certs = tmp_path / "certs"
+    certs.mkdir(mode=0o700)
+    for name, cert in names.items():
+        cert.set_meta("name", name)
+        cert.save_public(certs / f"{name}.key")
+    return certs
+
+
+def test_a_decision_event_per_mechanism_and_verdict(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    passwords = tmp_path / "passwords.txt"
+    passwords.write_text("admin=Pl41n-Value\n")
+    passwords.chmod(0o600)
+    alice = zsec.Cert()
+    auth.configure_plain("global", passwords)
+    auth.configure_curve("global", _cert_dir(tmp_path, alice=alice))
+    auth.configure_curve("open", zsec.CURVE_ALLOW_ANY)
+    stranger = zsec.Cert()
+    before = time.time()
+    events = _recorded(
+        auth,
+        ctx,
+        req(b"NULL"),
+        req(b"PLAIN", b"admin", b"Pl41n-Value"),
+        req(b"PLAIN", b"admin", b"Wr0ng-Value"),
+        req(b"PLAIN", b"nobody", b"Wr0ng-Value"),
+        req(b"PLAIN", b"admin", b"Pl41n-Value", domain=b"elsewhere"),
+        req(b"CURVE", alice.public_key),
+        req(b"CURVE", stranger.public_key),
+        req(b"CURVE", stranger.public_key, domain=b"open"),
+        req(b"CURVE", b"short-key"),
+    )
+    after = time.time()
+    got = [
+        (e.mechanism, e.domain, e.username, e.key, e.cert_name, e.verdict, e.status, e.reason_code)
+        for e in events
+    ]
+    assert got == [
+        ("NULL", "global", None, None, None, "allowed", 200, "ok"),
+        ("PLAIN", "global", "admin", None, None, "allowed", 200, "ok"),
+        ("PLAIN", "global", "admin", None, None, "refused", 400, "wrong-password"),
+        ("PLAIN", "global", "nobody", None, None, "refused", 400, "unknown-user"),
+        ("PLAIN", "elsewhere", "admin", None, None, "refused", 400, "not-configured"),
+        ("CURVE", "global", None, alice.public_txt, "alice", "allowed", 200, "ok"),
+        ("CURVE", "global", None, stranger.public_txt, None, "refused", 400, "unknown-key"),
+        ("CURVE", "open", None, stranger.public_txt, None, "allowed", 200, "ok"),
+        ("CURVE", "global", None, None, None, "refused", 400, "malformed"),
+    ]
+    assert events[2].reason == "wrong password"
+    assert "32 bytes" in events[-1].reason
+    for event in events:
+        assert event.address == "127.0.0.1"
+        assert before - 1 <= event.time <= after + 1
+        assert 0 < event.latency < 5
+        assert event.kind == "decision"
+        # Immutable values.
+        with pytest.raises(AttributeError):
+            event.verdict = "allowed"  # type: ignore[misc]
+    assert "Pl41n-Value" not in repr(events) and "Wr0ng-Value" not in repr(events)
+    assert "Wr0ng-Value" not in str([e.to_dict() for e in events])
+
+
+def test_address_rules_and_bans_appear_in_decisions_and_trust_events(
+    ctx: zmq.Context[Any], auth: zsec.Auth
+) -> None:
+    auth.deny("192.0.2.66")
+    auth.set_failure_limit(2, window=60, ban=120)
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    zap_ask(
+        ctx,
+        req(b"NULL", address=b"192.0.2.66"),
+        req(b"NULL", address=b"192.0.2.66"),
+        req(b"NULL", address=b"192.0.2.66"),
+    )
+    wait_for(lambda: len(recorder.decisions()) == 3)
+    assert [d.reason_code for d in recorder.decisions()] == ["denied", "denied", "banned"]
+    assert recorder.decisions()[0].reason == "address is in the deny list"
+    bans = recorder.trust()
+    assert [(b.action, b.address, b.duration) for b in bans] == [
+        ("ban-started", "192.0.2.66", 120.0)
+    ]
+
+
+def test_allow_list_refusal_is_an_event(ctx: zmq.Context[Any], auth: zsec.Auth) -> None:
+    auth.allow("10.0.0.0/8")
+    (event,) = _recorded(auth, ctx, req(b"NULL"))
+    assert (event.verdict, event.reason_code) == ("refused", "not-allowed")
+
+
+def test_an_internal_failure_is_an_error_event(ctx: zmq.Context[Any], auth: zsec.Auth) -> None:
+    class Broken(zsec.CertStore):
+        def lookup(self, public_key: bytes | str) -> zsec.Cert | None:
+            raise RuntimeError("disk on fire")
+
+    with Broken() as store:
+        auth.configure_curve("*", store)
+        (event,) = _recorded(auth, ctx, req(b"CURVE", bytes(32)))
+    assert (event.verdict, event.status, event.reason_code) == ("error", 500, "internal-error")
+
+
+def test_trust_changes_name_the_key_the_certificate_and_the_store(
+    auth: zsec.Auth, tmp_path: Path
+) -> None:
+    alice, bob = zsec.Cert(), zsec.Cert()
+    certs = _cert_dir(tmp_path, alice=alice)
+    auth.configure_curve("global", certs)
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    bob.set_meta("name", "bob")
+    bob.save_public(certs / "bob.key")
+    added = wait_for(lambda: [t for t in recorder.trust() if t.action == "key-added"])
+    assert (added[0].key, added[0].cert_name, added[0].store, added[0].domain) == (
+        bob.public_txt,
+        "bob",
+        str(certs),
+        "global",
+    )
+    (certs / "alice.key").unlink()
+    revoked = wait_for(lambda: [t for t in recorder.trust() if t.action == "key-revoked"])
+    assert (revoked[0].key, revoked[0].cert_name) == (alice.public_txt, "alice")
+    shutil.rmtree(certs)
+    gone = wait_for(lambda: [t for t in recorder.trust() if t.action == "store-unavailable"])
+    assert gone[0].store == str(certs)
+    assert any(t.action == "key-revoked" and t.key == bob.public_txt for t in recorder.trust())
+
+
+def test_a_raising_subscriber_changes_no_decision(
+    ctx: zmq.Context[Any], auth: zsec.Auth, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
+
+    def explode(event: Any) -> None:
+        calls.append(event)
+        raise ValueError("subscriber bug")
+
+    auth.subscribe(explode)
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    replies = zap_ask(ctx, *[req(b"NULL", request_id=str(i).encode()) for i in range(20)])
+    assert [r[2] for r in replies] == [b"200"] * 20
+    wait_for(lambda: len(calls) == 20 and len(recorder.decisions()) == 20)
+    assert auth.running
+    # Reported once per interval, not once per event.
+    reports = [r for r in caplog.records if "raised" in r.getMessage()]
+    assert len(reports) == 1 and "subscriber bug" in caplog.text
+
+
+def test_a_blocking_subscriber_delays_no_decision_and_its_drops_are_counted(
+    ctx: zmq.Context[Any], auth: zsec.Auth
+) -> None:
+    release = threading.Event()
+    blocked = []
+
+    def block(event: Any) -> None:
+        blocked.append(event)
+        release.wait(30)
+
+    auth.subscribe(block, queue_size=4)
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    try:
+        wait_for(lambda: True)
+        for round_ in range(5):
+            replies = zap_ask(
+                ctx, *[req(b"NULL", request_id=f"{round_}-{i}".encode()) for i in range(40)]
+            )
+            assert all(r[2] == b"200" for r in replies)
+            assert auth.flush_events()
+        # The other subscriber got everything; the blocked one held its queue.
+        wait_for(lambda: len(recorder.decisions()) == 200)
+        assert auth.dropped_events >= 200 - 4 - 1
+    finally:
+        release.set()
+    wait_for(lambda: len(blocked) + auth.dropped_events == 200)
+
+
+def test_unsubscribe_stops_delivery(ctx: zmq.Context[Any], auth: zsec.Auth) -> None:
+    recorder = Recorder()
+    unsubscribe = auth.subscribe(recorder)
+    zap_ask(ctx, req(b"NULL"))
+    wait_for(lambda: recorder.events)
+    unsubscribe()
+    zap_ask(ctx, req(b"NULL"))
+    assert auth.flush_events()
+    assert len(recorder.events) == 1
+
+
+def test_refusals_are_logged_at_info_and_allowed_at_debug_by_default(
+    ctx: zmq.Context[Any], auth: zsec.Auth, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="zsec.auth")
+    auth.deny("192.0.2.66")
+    zap_ask(ctx, req(b"NULL"), req(b"NULL", address=b"192.0.2.66"))
+    assert auth.flush_events()
+    records = [r for r in caplog.records if r.name == "zsec.auth"]
+    assert [r.getMessage() for r in records] == [
+        "DENIED (deny list) domain=global address=192.0.2.66: address is in the deny list"
+    ]
+    record = records[0]
+    assert record.levelno == logging.INFO
+    assert (record.zsec_event, record.zsec_verdict, record.zsec_reason_code) == (  # type: ignore[attr-defined]
+        "decision",
+        "refused",
+        "denied",
+    )
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="zsec.auth")
+    zap_ask(ctx, req(b"NULL"))
+    assert auth.flush_events()
+    allowed = [r for r in caplog.records if r.getMessage().startswith("ALLOWED")]
+    assert [r.levelno for r in allowed] == [logging.DEBUG]
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="zsec.auth")
+    auth.verbose = True
+    zap_ask(ctx, req(b"NULL"))
+    assert auth.flush_events()
+    assert [r.levelno for r in caplog.records if r.getMessage().startswith("ALLOWED")] == [
+        logging.INFO
+    ]
+
+
+def test_trust_changes_are_logged_with_the_file_name_and_certificate_name(
+    auth: zsec.Auth, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="zsec.trust")
+    certs = _cert_dir(tmp_path)
+    auth.configure_curve("global", certs)
+    carol = zsec.Cert()
+    carol.set_meta("name", "carol")
+    carol.save_public(certs / "carol.key")
+    wait_for(lambda: "key-added" in caplog.text)
+    assert auth.flush_events()
+    (record,) = [r for r in caplog.records if r.name == "zsec.trust"]
+    message = record.getMessage()
+    assert carol.public_txt in message and "(carol)" in message and str(certs) in message
+    assert record.zsec_cert_name == "carol"  # type: ignore[attr-defined]
+
+
+def test_a_client_key_is_z85_in_events(ctx: zmq.Context[Any], auth: zsec.Auth) -> None:
+    auth.configure_curve("*", zsec.CURVE_ALLOW_ANY)
+    key = zsec.Cert.from_keys(CLIENT_PUBLIC).public_key
+    (event,) = _recorded(auth, ctx, req(b"CURVE", key))
+    assert event.key == CLIENT_PUBLIC == z85_encode(key)
+
+
+def test_a_guard_cut_is_a_session_cut_event(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    server_cert, client_cert = zsec.Cert(), zsec.Cert()
+    certs = _cert_dir(tmp_path, carol=client_cert)
+    auth.configure_curve("*", certs)
+    auth.audit_log(tmp_path / "audit.jsonl")
+    auth.enable_metrics()
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    with socket(ctx, zmq.PULL) as server, socket(ctx, zmq.PUSH) as client:
+        zsec.curve_server(server, server_cert)
+        guarded = auth.guard(server)
+        zsec.curve_client(client, client_cert, server_cert)
+        client.connect(bind_loopback(server))
+        client.send(b"hello")
+        assert guarded.recv() == b"hello"
+        (certs / "carol.key").unlink()
+        cut = wait_for(lambda: [t for t in recorder.trust() if t.action == "session-cut"])
+    assert cut[0].key == client_cert.public_txt
+    assert cut[0].address.startswith("127.0.0.1:")
+    assert auth.flush_events()
+    metrics = auth._events.metrics
+    assert metrics is not None and metrics.trust["session-cut"] == 1
+    assert '"action":"session-cut"' in (tmp_path / "audit.jsonl").read_text()

@@ -1,0 +1,107 @@
+"""Prometheus metrics, scraped over HTTP on 127.0.0.1 with a real GET."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from prometheus_client import parser
+
+import zsec
+
+from .helpers import req, zap_ask
+
+
+def _scrape(port: int) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in parser.text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return text, samples
+
+
+def _decisions(mechanism: str, domain: str, verdict: str, reason: str) -> tuple[Any, ...]:
+    labels = {"mechanism": mechanism, "domain": domain, "verdict": verdict, "reason": reason}
+    return ("zsec_decisions_total", tuple(sorted(labels.items())))
+
+
+def test_metrics_match_the_traffic_sent(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir(mode=0o700)
+    alice = zsec.Cert()
+    alice.save_public(certs / "alice.key")
+    zsec.Cert().save_public(certs / "bob.key")
+    auth.configure_curve("global", certs)
+    passwords = tmp_path / "passwords.txt"
+    passwords.write_text("admin=Pl41n-Value\n")
+    auth.configure_plain("global", passwords)
+    auth.set_failure_limit(3, ban=60)
+    port = auth.serve_metrics(0)
+    stranger = zsec.Cert()
+    requests = (
+        [req(b"NULL")] * 3
+        + [req(b"NULL", domain=b"made-up-domain")] * 2
+        + [req(b"CURVE", alice.public_key)] * 4
+        + [req(b"CURVE", stranger.public_key, address=b"192.0.2.9")] * 3
+        + [req(b"PLAIN", b"admin", b"Wr0ng-Value", address=b"198.51.100.7")]
+    )
+    replies = zap_ask(ctx, *requests)
+    assert [r[2] for r in replies].count(b"200") == 9
+    assert auth.flush_events()
+    text, samples = _scrape(port)
+    assert samples[_decisions("NULL", "global", "allowed", "ok")] == 3
+    # An unconfigured domain is not a label of its own.
+    assert samples[_decisions("NULL", "other", "allowed", "ok")] == 2
+    assert samples[_decisions("CURVE", "global", "allowed", "ok")] == 4
+    assert samples[_decisions("CURVE", "global", "refused", "unknown-key")] == 3
+    assert samples[_decisions("PLAIN", "global", "refused", "wrong-password")] == 1
+    assert samples["zsec_decision_latency_seconds_count", (("mechanism", "CURVE"),)] == 7
+    assert (
+        samples["zsec_decision_latency_seconds_bucket", (("le", "+Inf"), ("mechanism", "NULL"))]
+        == 5
+    )
+    assert samples["zsec_decision_latency_seconds_sum", (("mechanism", "NULL"),)] > 0
+    assert samples["zsec_active_bans", ()] == 1  # 192.0.2.9 after 3 unknown keys
+    assert samples["zsec_trust_changes_total", (("action", "ban-started"),)] == 1
+    assert samples["zsec_certificates", (("domain", "global"), ("store", str(certs)))] == 2
+    store_labels = (("domain", "global"), ("store", str(certs)))
+    assert samples["zsec_store_reloads_total", store_labels] == 1  # the first scan
+    assert samples["zsec_store_overflows_total", store_labels] == 0
+    assert samples["zsec_events_dropped_total", ()] == 0
+    assert samples["zsec_session_cuts_total", ()] == 0
+    # Never a key, a username or a password in a label or anywhere else.
+    for secret_or_identity in (alice.public_txt, stranger.public_txt, "admin", "Wr0ng-Value"):
+        assert secret_or_identity not in text
+
+
+def test_metrics_are_served_on_loopback_only_by_default(auth: zsec.Auth) -> None:
+    port = auth.serve_metrics(0)
+    server = auth._metrics_server
+    assert server.server_address[0] == "127.0.0.1"
+    _scrape(port)
+    with pytest.raises(zsec.AuthError, match="already serves metrics"):
+        auth.serve_metrics(0)
+
+
+def test_stop_shuts_the_metrics_server_down(ctx: zmq.Context[Any]) -> None:
+    auth = zsec.Auth(ctx)
+    port = auth.serve_metrics(0)
+    _scrape(port)
+    auth.stop()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+def test_metrics_can_join_the_applications_registry(auth: zsec.Auth) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    assert auth.enable_metrics(registry) is registry
+    assert b"\nzsec_events_dropped_total 0.0\n" in generate_latest(registry)

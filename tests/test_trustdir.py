@@ -1,0 +1,107 @@
+"""Trust-directory reading (_trustdir) and the directory source's planning step (plan)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import zsec
+from zsec import _trustdir as td
+from zsec._dirsource import plan
+from zsec._watch import CATCH_UP, OVERFLOW, FsEvent
+
+ROOT = "/srv/clients"
+
+
+def _plan(*items: object, changed: frozenset[str] = frozenset()) -> object:
+    return plan(
+        items,  # type: ignore[arg-type]
+        lambda p: p if td.under(p, ROOT) else None,
+        ROOT,
+        closes_reported=True,
+        dir_changed=lambda d: d in changed,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "skipped"),
+    [
+        ("alice.key", False),
+        ("no-extension", False),
+        (".hidden.key", True),
+        ("..data", True),
+        ("alice.key~", True),
+        ("#alice.key#", True),
+        ("alice.key_secret", True),
+    ],
+)
+def test_skipped_names(name: str, skipped: bool) -> None:
+    assert td.skipped_name(name) is skipped
+
+
+def test_a_file_event_re_reads_the_file_and_the_last_event_decides() -> None:
+    todo = _plan(
+        FsEvent("created", False, f"{ROOT}/a.key"),
+        FsEvent("modified", False, f"{ROOT}/a.key"),
+        FsEvent("closed", False, f"{ROOT}/a.key"),
+        FsEvent("created", False, f"{ROOT}/b.key"),
+    )
+    # a.key is complete; b.key may still be being written (no failure logged yet).
+    assert todo.files == {f"{ROOT}/a.key": False, f"{ROOT}/b.key": True}  # type: ignore[attr-defined]
+    assert not todo.rescan_all and not todo.links  # type: ignore[attr-defined]
+
+
+def test_a_hidden_name_asks_for_every_link_to_be_compared() -> None:
+    todo = _plan(FsEvent("created", True, f"{ROOT}/..data"))  # Kubernetes' swap
+    assert todo.links and todo.files == {} and todo.trees == [f"{ROOT}/..data"]  # type: ignore[attr-defined]
+
+
+def test_directory_events_rescan_trees_and_a_chmod_only_when_the_verdict_changed() -> None:
+    todo = _plan(
+        FsEvent("moved", True, f"{ROOT}/old", f"{ROOT}/new"),
+        FsEvent("attrib", True, f"{ROOT}/same"),
+        FsEvent("attrib", True, f"{ROOT}/opened"),
+        changed=frozenset({f"{ROOT}/opened"}),
+    )
+    assert todo.trees == [f"{ROOT}/old", f"{ROOT}/new", f"{ROOT}/opened"]  # type: ignore[attr-defined]
+
+
+def test_overflow_or_the_root_deleted_means_a_full_rescan() -> None:
+    assert _plan(FsEvent("created", False, f"{ROOT}/a.key"), OVERFLOW).rescan_all  # type: ignore[attr-defined]
+    assert _plan(FsEvent("deleted", True, ROOT)).rescan_all  # type: ignore[attr-defined]
+
+
+def test_events_outside_the_root_are_ignored_and_catch_up_is_noted() -> None:
+    todo = _plan(FsEvent("created", False, "/elsewhere/x.key"), CATCH_UP)
+    assert todo.files == {} and todo.catch_up  # type: ignore[attr-defined]
+
+
+def test_differ_names_new_gone_and_replaced_paths() -> None:
+    assert sorted(td.differ({"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 9, "d": 4})) == ["b", "c", "d"]
+
+
+def test_read_cert_returns_the_problem_instead_of_logging_it(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.key")
+    loaded = td.read_cert(str(tmp_path / "pipe.key"), strict=True)
+    assert loaded.cert is None and loaded.problem is not None and "regular" in loaded.problem
+    assert td.read_cert(str(tmp_path / "missing.key"), strict=True) == td.GONE
+    cert = zsec.Cert()
+    cert.save_public(tmp_path / "open.key")
+    (tmp_path / "open.key").chmod(0o666)
+    loaded = td.read_cert(str(tmp_path / "open.key"), strict=True)
+    assert loaded.cert is None and "chmod go-w" in (loaded.problem or "")
+    loaded = td.read_cert(str(tmp_path / "open.key"), strict=False)
+    assert loaded.cert is not None and loaded.cert.public_key == cert.public_key
+
+
+def test_a_scan_notes_secret_keys_and_secret_files(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    leaked, paired = zsec.Cert(), zsec.Cert()
+    leaked.save_secret(tmp_path / "leaked.key")
+    paired.save(tmp_path / "paired.key")  # paired.key and paired.key_secret
+    found = td.scan(str(tmp_path), str(tmp_path), str(tmp_path), strict=True)
+    assert set(found.entries) == {str(tmp_path / "leaked.key"), str(tmp_path / "paired.key")}
+    assert all(c.secret_key is None for c in found.entries.values())
+    assert set(found.secrets) == {str(tmp_path / "leaked.key"), str(tmp_path / "paired.key_secret")}
