@@ -195,7 +195,9 @@ class Auth:
                             log.error("the authenticator's socket was closed under it: stopped")
                         return
                     failures = self._survive(failures, frames)
-                except Exception:  # noqa: BLE001 - logged in _survive; the pump must go on
+                except BaseException:  # noqa: BLE001 - logged in _survive; the pump must go on
+                    # Even SystemExit: only application code on this thread
+                    # (a hook, a log handler) can raise it, never a signal.
                     failures = self._survive(failures, frames)
         finally:
             # Whatever ended the loop, later configuration calls must say so.
@@ -210,10 +212,20 @@ class Auth:
 
     # -- CURVE providers: run off the pump, answered by the pump ---------------
 
-    def _defer(self, frames: list[bytes], pending: Pending) -> None:
-        """Start a provider decision for a request; its reply is sent in ``_finish``."""
+    def _defer(self, frames: list[bytes], pending: Pending, deadline: float | None = None) -> None:
+        """Start a provider decision for a request; its reply is sent in ``_finish``.
+
+        ``deadline`` is the first one of a request asked again because its
+        provider was replaced: one client's decision is bounded as a whole,
+        even if every answer comes from a provider replaced meanwhile.
+        """
         callback = pending.callback
         runner = self._runners.get(callback)
+        if deadline is not None and time.monotonic() >= deadline:
+            if runner is not None:
+                runner.report("replaced", "was replaced during each decision until its timeout")
+            self._answer(frames, callback, b"500")
+            return
         if runner is None or runner.inflight >= callback.max_outstanding:
             if runner is not None:
                 runner.report("overloaded", f"has {runner.inflight} decisions outstanding")
@@ -227,12 +239,13 @@ class Auth:
                 request.credentials[0],
                 functools.partial(self._post, job, runner),
             )
-        except Exception as exc:  # noqa: BLE001 - e.g. its event loop is closed
+        except BaseException as exc:  # noqa: BLE001 - e.g. its event loop is closed
             runner.report(f"start:{type(exc).__name__}", f"could not start: {exc!r}")
             self._answer(frames, callback, b"500")
             return
         runner.inflight += 1
-        deadline = time.monotonic() + callback.timeout
+        if deadline is None:
+            deadline = time.monotonic() + callback.timeout
         self._jobs[job] = _Job(frames, runner, deadline, future)
         if deadline < self._next_deadline:
             self._next_deadline = deadline
@@ -266,7 +279,7 @@ class Auth:
         entry = self._jobs.pop(job, None)
         if entry is None:
             return  # already answered 500 when it timed out
-        self._answer(entry.frames, runner.callback, runner.verdict(kind, value))
+        self._answer(entry.frames, runner.callback, runner.verdict(kind, value), entry.deadline)
         if not self._jobs:
             self._idle()
 
@@ -289,14 +302,21 @@ class Auth:
         self._next_deadline = math.inf
         self._socket.rcvtimeo = _IDLE_MS
 
-    def _answer(self, frames: list[bytes], callback: CurveCallback, status: bytes) -> None:
+    def _answer(
+        self,
+        frames: list[bytes],
+        callback: CurveCallback,
+        status: bytes,
+        deadline: float | None = None,
+    ) -> None:
         """Send the reply for a provider's verdict, through the policy in force now."""
         reply = self._policy.handle(frames, (callback, status))
         if type(reply) is list:
             self._socket.send_multipart(reply)
         elif reply is not None:
-            # The domain got another provider meanwhile: ask that one.
-            self._defer(frames, reply)  # type: ignore[arg-type]
+            # The domain got another provider meanwhile: ask that one, within
+            # the time left to this request.
+            self._defer(frames, reply, deadline)  # type: ignore[arg-type]
 
     def _abandon_jobs(self) -> None:
         """Answer every outstanding provider decision with a 500: the authenticator stops."""
@@ -316,7 +336,7 @@ class Auth:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
-                    target=loop.run_forever, name="zsec-auth-loop", daemon=True
+                    target=_run_loop, args=(loop,), name="zsec-auth-loop", daemon=True
                 )
                 thread.start()
                 self._loop, self._loop_thread = loop, thread
@@ -645,10 +665,12 @@ class Auth:
             owned, self._owned = list(self._owned.values()), {}
         if not already and not self._done.is_set():
             self._wake()
+        # From the ZAP thread itself (a curve_user_id hook calling stop()),
+        # the thread ends once the hook returns: nothing to wait for here.
         if threading.current_thread() is not self._thread:
             self._thread.join(_STOP_SECONDS)
-        if self._thread.is_alive():
-            log.error("authenticator thread did not stop within %.0fs", _STOP_SECONDS)
+            if self._thread.is_alive():
+                log.error("authenticator thread did not stop within %.0fs", _STOP_SECONDS)
         for store in owned:
             store.close()
         self._events.close()
@@ -668,9 +690,10 @@ class Auth:
         if loop is not None and thread is not None:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_stop_loop, loop)
-            thread.join(_STOP_SECONDS)
-            if not thread.is_alive():
-                loop.close()
+            # The loop thread closes its loop as it ends (_run_loop); from
+            # a coroutine on that loop, joining it would raise.
+            if threading.current_thread() is not thread:
+                thread.join(_STOP_SECONDS)
 
     def _wake(self) -> None:
         try:
@@ -794,6 +817,14 @@ def _password_source(passwords: Any) -> PasswordFile | PasswordTable:
     return PasswordFile(passwords)
 
 
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The body of zsec's loop thread: run until stopped, then close the loop."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
 def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
     for task in asyncio.all_tasks(loop):
         task.cancel()
@@ -853,7 +884,9 @@ class _Runner:
             if inspect.isawaitable(result):
                 self._on_loop(result, done)
                 return
-        except Exception as exc:  # noqa: BLE001 - reported as a 500 by the ZAP thread
+        except BaseException as exc:  # noqa: BLE001 - reported as a 500 by the ZAP thread
+            # SystemExit too: uncaught, it would end this worker silently, and
+            # with all of them gone the domain would never be answered again.
             done("error", exc)
             return
         done("value", result)
@@ -861,9 +894,10 @@ class _Runner:
     def _on_loop(
         self, awaitable: Awaitable[Any], done: Callable[[str, object], None]
     ) -> concurrent.futures.Future[Any]:
+        own = self.callback.loop is None
         loop = self.callback.loop or self._default_loop()
         try:
-            future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop)
+            future = asyncio.run_coroutine_threadsafe(_awaited(awaitable, contain=own), loop)
         except BaseException:
             if inspect.iscoroutine(awaitable):
                 awaitable.close()  # never awaited: say nothing about it at exit
@@ -907,8 +941,16 @@ class _Runner:
             self._workers.close()
 
 
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
+async def _awaited(awaitable: Awaitable[Any], *, contain: bool) -> Any:
+    if not contain:
+        return await awaitable
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # asyncio lets these out of run_forever: zsec's loop thread would end
+        # and every coroutine provider without a loop of its own with it.
+        # (On the application's loop they are the application's business.)
+        raise RuntimeError(f"{type(exc).__name__} raised in a CURVE provider") from None
 
 
 def _outcome(future: concurrent.futures.Future[Any]) -> tuple[str, object]:
@@ -954,7 +996,7 @@ class _Workers:
                 self._idle -= 1
             if call is None:
                 return
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 call()
 
     def close(self) -> None:

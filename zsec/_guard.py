@@ -121,17 +121,17 @@ class Grants:
         self.checking: tuple[Any, int] | None = None
 
     def stamp(self, policy: Policy, request: ZapRequest, reply: ZapReply) -> ZapReply:
-        """Return ``reply`` with a grant property added (unchanged if nothing admits it)."""
+        """Return ``reply`` with a grant property added (an empty one if nothing admits it)."""
         tag = policy.grant_tag(request.mechanism, request.domain, reply.user_id, request.client_key)
         if tag is None:
-            return reply
+            return unstamped(reply)
         if request.mechanism == b"PLAIN":
             checking, self.checking = self.checking, None
             if checking is None or checking[0].version != checking[1]:
                 # The entries changed around the check: the tag might name an
                 # entry other than the one the password matched. Unstamped,
                 # the guard refuses the connection; the client redials.
-                return reply
+                return unstamped(reply)
         # CURVE grants name the client key too: the User-Id may be anything
         # (Auth.curve_user_id), and the guard must look the key up.
         suffix = tag + b"." + request.client_key.hex().encode() if request.client_key else tag
@@ -172,6 +172,16 @@ class Grants:
                 with self._lock:
                     self._seen.pop(key, None)
         return out
+
+
+def unstamped(reply: ZapReply) -> ZapReply:
+    """``reply`` with an empty grant, which the guard refuses.
+
+    Never just no grant: libzmq adds the client's own ZMTP metadata
+    (ZMQ_METADATA) after the authenticator's, keeping the first of two equal
+    names, so only a grant from the authenticator keeps the client's out.
+    """
+    return reply._replace(metadata=reply.metadata + _GRANT_PREFIX + bytes(4))
 
 
 def _mechanism(tag: bytes) -> bytes:
@@ -620,7 +630,7 @@ class GuardedSocket:
         self._frames: deque[zmq.Frame] = deque()
         self._rep = watch.socket.type == zmq.REP
         #: How many messages this guard has dropped.
-        self.dropped = 0
+        object.__setattr__(self, "dropped", 0)
 
     @property
     def socket(self) -> Any:
@@ -629,6 +639,14 @@ class GuardedSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._socket, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Options (guarded.rcvtimeo = 1000) belong to the socket, as reading
+        # them does: kept on the wrapper, they would be silently ignored.
+        if name.startswith("_") or name in self.__dict__ or hasattr(type(self), name):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._socket, name, value)
 
     def __repr__(self) -> str:
         return f"<zsec.GuardedSocket {self._socket!r}>"

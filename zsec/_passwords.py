@@ -289,13 +289,20 @@ def _table_entries(mapping: Mapping[str | bytes, str | bytes]) -> dict[bytes, by
     return entries
 
 
-def _as_bytes(value: object, what: str) -> bytes:
-    if isinstance(value, str):
-        return value.encode("utf-8")
+def _as_bytes(value: object, what: str, encoding: str = "utf-8") -> bytes:
+    """``value`` as bytes (str encoded with ``encoding``); errors never hold the value."""
     if isinstance(value, bytes):
         return value
-    # Never echo the value: it may be a password.
-    raise ZsecTypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+    if not isinstance(value, str):
+        # Never echo the value: it may be a password.
+        raise ZsecTypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+    try:
+        return value.encode(encoding)
+    except UnicodeEncodeError:
+        pass
+    # Raised outside the handler: a UnicodeEncodeError carries the whole
+    # string in its args, and as __context__ it would reach any traceback.
+    raise PasswordError(f"{what} cannot be encoded as {encoding}; give bytes or another encoding")
 
 
 class PasswordFile(_PasswordSet):

@@ -66,9 +66,12 @@ CURVE_ALLOW_ANY = _AllowAny()
 
 # ZAP metadata names that libzmq gives a meaning of its own (docs/protocol.md, section 2):
 # from a certificate they could change a peer's routing id or fail every
-# handshake, so they are never sent.
+# handshake, so they are never sent. Nor is the live-revocation guard's grant
+# (zsec._guard.GRANT_PROPERTY): the client writes its certificate's metadata,
+# libzmq keeps the first of two equal names, and a forged grant (a NULL one,
+# say) would make the connection unrevocable.
 RESERVED_PROPERTIES = frozenset(
-    {"user-id", "identity", "routing-id", "socket-type", "peer-address", "resource"}
+    {"user-id", "identity", "routing-id", "socket-type", "peer-address", "resource", "x-zsec-grant"}
 )
 
 
@@ -699,7 +702,9 @@ class Policy:
             reply = self.decide(request, verdict)
             if isinstance(reply, Pending):
                 return reply
-        except Exception as exc:  # noqa: BLE001 - the handler must answer whatever happens
+        except BaseException as exc:  # noqa: BLE001 - the handler must answer whatever happens
+            # BaseException too: the curve_user_id hook is application code,
+            # and a sys.exit() in it must not end the ZAP thread.
             log.error(
                 "ZAP decision failed (%s: %s); answered 500 for mechanism=%s address=%s",
                 type(exc).__name__,
@@ -712,6 +717,9 @@ class Policy:
             try:
                 reply = self.grants.stamp(self, request, reply)
             except Exception as exc:  # noqa: BLE001 - unstamped, the guard refuses it: fails closed
+                from ._guard import unstamped
+
+                reply = unstamped(reply)
                 with contextlib.suppress(Exception):
                     log.error(
                         "could not record the grant for the live-revocation guard (%s)",

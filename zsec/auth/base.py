@@ -23,7 +23,7 @@ from .._auth import Auth
 from .._errors import FileAccessError, ZsecTypeError, ZsecValueError
 from .._files import fspath
 from .._keys import z85_encode
-from .._passwords import PasswordFile, PasswordTable
+from .._passwords import PasswordFile, PasswordTable, _as_bytes
 from .._zap import CURVE_ALLOW_ANY, check_domain, parse_address_rule
 
 
@@ -58,7 +58,12 @@ class Authenticator:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        """Bind the ZAP endpoint and start answering with the configuration so far."""
+        """Bind the ZAP endpoint and start answering with the configuration so far.
+
+        It answers until ``stop()`` or until its context ends, referenced or
+        not, as pyzmq's does: a collected authenticator that stopped would
+        leave CURVE servers set up the pyzmq way admitting every client.
+        """
         with self._lock:
             if self._engine is not None:
                 if self._engine.running:
@@ -91,11 +96,6 @@ class Authenticator:
         """zsec's ZAP thread while started, else None (every runtime answers on it)."""
         engine = self._engine
         return None if engine is None else engine._thread
-
-    def __del__(self) -> None:
-        engine = getattr(self, "_engine", None)
-        if engine is not None:
-            engine.stop()
 
     @property
     def verbose(self) -> bool:
@@ -205,6 +205,11 @@ class Authenticator:
         return z85_encode(client_public_key)
 
     def __setattr__(self, name: str, value: object) -> None:
+        if name == "curve_user_id" and value is not None and not callable(value):
+            # Accepted, it would only show up later as a 500 for every client.
+            raise ZsecTypeError(
+                f"curve_user_id must be callable or None, not {type(value).__name__}"
+            )
         object.__setattr__(self, name, value)
         if name == "curve_user_id":
             with self._lock:
@@ -260,10 +265,12 @@ class Authenticator:
 
 
 def _password_table(passwords: Mapping[Any, Any], encoding: str) -> PasswordTable:
-    def raw(value: Any) -> Any:
-        return value.encode(encoding) if isinstance(value, str) else value
-
-    return PasswordTable({raw(user): raw(password) for user, password in passwords.items()})
+    return PasswordTable(
+        {
+            _as_bytes(user, "a username", encoding): _as_bytes(password, "a password", encoding)
+            for user, password in passwords.items()
+        }
+    )
 
 
 def _pyzmq_provider(callback: Callable[..., Any]) -> Callable[[str, bytes], Any]:
