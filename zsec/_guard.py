@@ -62,6 +62,8 @@ _SRCFD = zmq.SRCFD
 #: The ZAP metadata property that carries a grant.
 GRANT_PROPERTY = "X-Zsec-Grant"
 _GRANT_PREFIX = bytes((len(GRANT_PROPERTY),)) + GRANT_PROPERTY.encode("ascii")
+# A grant no policy honours: its tag is empty.
+_VOID_GRANT = b"0."
 #: What a guarded REP socket answers to a request it will not deliver.
 REVOKED_REPLY = b"zsec: access revoked"
 #: How often password files are looked at for changes, in seconds.
@@ -121,17 +123,45 @@ class Grants:
         self.checking: tuple[Any, int] | None = None
 
     def stamp(self, policy: Policy, request: ZapRequest, reply: ZapReply) -> ZapReply:
-        """Return ``reply`` with a grant property added (unchanged if nothing admits it)."""
+        """Return ``reply`` with a grant property first in its metadata.
+
+        Always sets the property, to a void grant when nothing admits the
+        peer (the guard then refuses the connection): libzmq keeps the
+        first property of a name, from the ZAP reply before the peer's own
+        handshake metadata, so an unset grant or one after certificate
+        metadata could be chosen by the peer.
+        """
+        try:
+            value = self._grant(policy, request, reply)
+        except Exception as exc:  # noqa: BLE001 - void: the guard refuses it (fails closed)
+            with contextlib.suppress(Exception):
+                log.error(
+                    "could not record the grant for the live-revocation guard (%s)",
+                    type(exc).__name__,
+                )
+            value = None
+        if value is None:
+            value = _VOID_GRANT
+        prop = _GRANT_PREFIX + len(value).to_bytes(4, "big") + value
+        return ZapReply(
+            reply.request_id,
+            reply.status_code,
+            reply.status_text,
+            reply.user_id,
+            prop + reply.metadata,
+        )
+
+    def _grant(self, policy: Policy, request: ZapRequest, reply: ZapReply) -> bytes | None:
         tag = policy.grant_tag(request.mechanism, request.domain, reply.user_id, request.client_key)
         if tag is None:
-            return reply
+            return None
         if request.mechanism == b"PLAIN":
             checking, self.checking = self.checking, None
             if checking is None or checking[0].version != checking[1]:
                 # The entries changed around the check: the tag might name an
-                # entry other than the one the password matched. Unstamped,
+                # entry other than the one the password matched. Void,
                 # the guard refuses the connection; the client redials.
-                return reply
+                return None
         # CURVE grants name the client key too: the User-Id may be anything
         # (Auth.curve_user_id), and the guard must look the key up.
         suffix = tag + b"." + request.client_key.hex().encode() if request.client_key else tag
@@ -149,14 +179,7 @@ class Grants:
                     addresses = self._seen[key] = set()
                 if len(addresses) < _ADDRESSES_PER_IDENTITY:
                     addresses.add(request.address)
-        prop = _GRANT_PREFIX + len(value).to_bytes(4, "big") + value
-        return ZapReply(
-            reply.request_id,
-            reply.status_code,
-            reply.status_text,
-            reply.user_id,
-            reply.metadata + prop,
-        )
+        return value
 
     def revoked_addresses(self, policy: Policy) -> dict[bytes, set[str]]:
         """Forget the identities ``policy`` no longer admits; return their IPs per domain."""

@@ -1,0 +1,68 @@
+"""Attacks on live revocation: forged grants, missed revocations, wrong cuts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+import zsec
+
+from .helpers import bind_loopback, wait_for
+
+
+def _curve_pair(
+    ctx: zmq.Context[Any], tmp_path: Path, client_cert: zsec.Cert, kind: int = zmq.ROUTER
+) -> tuple[zsec.Auth, Any, zmq.Socket[Any], zmq.Socket[Any], Path, list[zsec.Cut]]:
+    trusted = tmp_path / "trusted"
+    trusted.mkdir(mode=0o700)
+    client_cert.save_public(trusted / "client.key")
+    auth = zsec.Auth(ctx)
+    auth.configure_curve("*", str(trusted))
+    server_cert = zsec.Cert()
+    server = ctx.socket(kind)
+    server.linger = 0
+    server.rcvtimeo = 5000
+    zsec.curve_server(server, server_cert)
+    cuts: list[zsec.Cut] = []
+    guarded = auth.guard(server, on_cut=cuts.append)
+    endpoint = bind_loopback(server)
+    client = ctx.socket({zmq.ROUTER: zmq.DEALER, zmq.PULL: zmq.PUSH}[kind])
+    client.linger = 0
+    client.rcvtimeo = 5000
+    zsec.curve_client(client, client_cert, server_cert)
+    client.connect(endpoint)
+    return auth, guarded, server, client, trusted / "client.key", cuts
+
+
+def test_a_certificate_cannot_name_its_own_grant(ctx: zmq.Context[Any], tmp_path: Path) -> None:
+    # Certificate metadata is written by whoever made the certificate; placed
+    # before the authenticator's grant, a forged grant would win (libzmq keeps
+    # the first of two properties with one name) and outlive the revocation.
+    cert = zsec.Cert()
+    cert.set_meta("X-Zsec-Grant", "1.n")
+    auth, guarded, server, client, path, cuts = _curve_pair(ctx, tmp_path, cert)
+    try:
+        client.send(b"before")
+        frames = guarded.recv_multipart(copy=False)
+        assert frames[-1].bytes == b"before"
+        assert frames[0].get("X-Zsec-Grant") != "1.n"
+        _revoke_with_a_message_queued(server, client, path, cuts)
+        with pytest.raises(zmq.Again):
+            guarded.recv_multipart(zmq.NOBLOCK)
+    finally:
+        client.close(linger=0)
+        server.close(linger=0)
+        auth.stop()
+
+
+def _revoke_with_a_message_queued(
+    server: zmq.Socket[Any], client: zmq.Socket[Any], path: Path, cuts: list[zsec.Cut]
+) -> None:
+    """Queue a message at the server, then delete the client's certificate and await the cut."""
+    client.send(b"{}")
+    assert server.poll(5000, zmq.POLLIN)
+    path.unlink()
+    wait_for(lambda: cuts, what="the revoked connection cut")
