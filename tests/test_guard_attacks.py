@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
+import zmq.asyncio
 
 import zsec
 
@@ -66,3 +68,70 @@ def _revoke_with_a_message_queued(
     assert server.poll(5000, zmq.POLLIN)
     path.unlink()
     wait_for(lambda: cuts, what="the revoked connection cut")
+
+
+def test_every_receive_variant_of_a_guarded_socket_drops_a_revoked_peer(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    cert = zsec.Cert()
+    auth, guarded, server, client, path, cuts = _curve_pair(ctx, tmp_path, cert, zmq.PULL)
+    try:
+        client.send(b"{}")
+        assert guarded.recv_multipart()[-1] == b"{}"
+        _revoke_with_a_message_queued(server, client, path, cuts)
+        for name in ("recv_json", "recv_pyobj", "recv_string"):
+            with pytest.raises(zmq.Again):
+                getattr(guarded, name)(zmq.NOBLOCK)
+        with pytest.raises(zmq.Again):
+            guarded.recv_serialized(list, zmq.NOBLOCK)
+        with pytest.raises(AttributeError):
+            guarded.recv_into(bytearray(8), flags=zmq.NOBLOCK)
+        assert server.poll(0) == 0  # dropped, not left for a later receive
+    finally:
+        client.close(linger=0)
+        server.close(linger=0)
+        auth.stop()
+
+
+def test_every_receive_variant_of_an_async_guarded_socket_drops_a_revoked_peer(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    trusted = tmp_path / "trusted"
+    trusted.mkdir(mode=0o700)
+    cert = zsec.Cert()
+    cert.save_public(trusted / "client.key")
+    auth = zsec.Auth(ctx)
+    auth.configure_curve("*", str(trusted))
+    server_cert = zsec.Cert()
+    actx = zmq.asyncio.Context.shadow(ctx.underlying)
+    server = actx.socket(zmq.PULL)
+    server.linger = 0
+    zsec.curve_server(server, server_cert)
+    cuts: list[zsec.Cut] = []
+    guarded = auth.guard(server, on_cut=cuts.append)
+    endpoint = bind_loopback(server)
+    client = ctx.socket(zmq.PUSH)
+    client.linger = 0
+    zsec.curve_client(client, cert, server_cert)
+    client.connect(endpoint)
+
+    async def scenario() -> None:
+        client.send(b"{}")
+        assert await guarded.recv_multipart() == [b"{}"]
+        client.send(b"{}")
+        assert await server.poll(5000, zmq.POLLIN)
+        (trusted / "client.key").unlink()
+        wait_for(lambda: cuts, what="the revoked connection cut")
+        for name in ("recv_json", "recv_pyobj", "recv_string"):
+            with pytest.raises(zmq.Again):
+                await getattr(guarded, name)(zmq.NOBLOCK)
+        with pytest.raises(zmq.Again):
+            await guarded.recv_serialized(list, zmq.NOBLOCK)
+        assert await server.poll(0) == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        client.close(linger=0)
+        server.close(linger=0)
+        auth.stop()

@@ -33,7 +33,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import json
 import logging
+import pickle
 import socket as socketlib
 import sys
 import threading
@@ -651,6 +653,12 @@ class GuardedSocket:
         return self._socket
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("recv"):
+            # Passed through, a receive variant this class does not define
+            # (recv_into, a future pyzmq's) would deliver unguarded messages.
+            raise AttributeError(
+                f"{type(self).__name__} has no {name}: receive with recv or recv_multipart"
+            )
         return getattr(self._socket, name)
 
     def __repr__(self) -> str:
@@ -704,6 +712,22 @@ class GuardedSocket:
     def recv_string(self, flags: int = 0, encoding: str = "utf-8") -> str:
         """Receive the next frame of an admitted message as text."""
         return str(self.recv(flags).decode(encoding))
+
+    recv_unicode = recv_string
+
+    def recv_json(self, flags: int = 0, **kwargs: Any) -> Any:
+        """Receive the next frame of an admitted message as JSON."""
+        return json.loads(self.recv(flags), **kwargs)
+
+    def recv_pyobj(self, flags: int = 0) -> Any:
+        """Receive the next frame of an admitted message as a pickle (trusted peers only)."""
+        return pickle.loads(self.recv(flags))  # noqa: S301 - what recv_pyobj means
+
+    def recv_serialized(
+        self, deserialize: Callable[[Any], Any], flags: int = 0, copy: bool = True
+    ) -> Any:
+        """Receive the next admitted message through ``deserialize``."""
+        return deserialize(self.recv_multipart(flags, copy=copy))
 
     def poll(self, timeout: int | None = None, flags: int = zmq.POLLIN) -> int:
         """Like ``Socket.poll``, reporting POLLIN only for a message a receive will deliver."""
@@ -773,6 +797,22 @@ class AsyncGuardedSocket(GuardedSocket):
     ) -> str:
         """Receive the next frame of an admitted message as text."""
         return str((await self.recv(flags)).decode(encoding))
+
+    recv_unicode = recv_string  # type: ignore[assignment]
+
+    async def recv_json(self, flags: int = 0, **kwargs: Any) -> Any:
+        """Receive the next frame of an admitted message as JSON."""
+        return json.loads(await self.recv(flags), **kwargs)
+
+    async def recv_pyobj(self, flags: int = 0) -> Any:
+        """Receive the next frame of an admitted message as a pickle (trusted peers only)."""
+        return pickle.loads(await self.recv(flags))  # noqa: S301 - as above
+
+    async def recv_serialized(
+        self, deserialize: Callable[[Any], Any], flags: int = 0, copy: bool = True
+    ) -> Any:
+        """Receive the next admitted message through ``deserialize``."""
+        return deserialize(await self.recv_multipart(flags, copy=copy))
 
     async def poll(  # type: ignore[override]
         self, timeout: int | None = None, flags: int = zmq.POLLIN
