@@ -135,3 +135,32 @@ def test_every_receive_variant_of_an_async_guarded_socket_drops_a_revoked_peer(
         client.close(linger=0)
         server.close(linger=0)
         auth.stop()
+
+
+def test_a_user_removed_from_a_password_table_is_dropped_when_the_call_returns(
+    ctx: zmq.Context[Any],
+) -> None:
+    table = zsec.PasswordTable({"alice": "pw-alice", "bob": "pw-bob"})
+    auth = zsec.Auth(ctx)
+    auth.configure_plain("*", table)
+    server = ctx.socket(zmq.PULL)
+    server.linger = 0
+    zsec.plain_server(server)
+    guarded = auth.guard(server)
+    endpoint = bind_loopback(server)
+    client = ctx.socket(zmq.PUSH)
+    client.linger = 0
+    zsec.plain_client(client, "alice", "pw-alice")
+    client.connect(endpoint)
+    try:
+        client.send(b"before")
+        assert guarded.poll(5000) and guarded.recv() == b"before"
+        client.send(b"after")
+        assert server.poll(5000, zmq.POLLIN)
+        table.replace({"bob": "pw-bob"})  # a configuration call: in force when it returns
+        with pytest.raises(zmq.Again):
+            guarded.recv(zmq.NOBLOCK)
+    finally:
+        client.close(linger=0)
+        server.close(linger=0)
+        auth.stop()

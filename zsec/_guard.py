@@ -403,6 +403,10 @@ class Warden:
         self._stores: dict[int, tuple[CertStore, Callable[[], None]]] = {}
         self._limiter: tuple[FailureLimiter, Callable[[], None]] | None = None
         self._versions: dict[int, int] = {}
+        # Password sets told to call changed() as soon as their entries change:
+        # PasswordTable.replace is a configuration call, in force when it returns.
+        self._plains: dict[int, tuple[object, Callable[[], None]]] = {}
+        self._watch_passwords(auth.policy)
         self._thread = threading.Thread(target=self._run, name="zsec-guard", daemon=True)
         self._thread.start()
 
@@ -423,6 +427,18 @@ class Warden:
             return
         self.trusted = set()
         self._wake.set()
+        if _ and isinstance(_[0], Policy):
+            self._watch_passwords(_[0])
+
+    def _watch_passwords(self, policy: Policy) -> None:
+        """Hear at once of changes to the password sets ``policy`` uses (any thread)."""
+        with self._lock:
+            sets = {id(p): p for p in policy.plain.values() if hasattr(p, "on_change")}
+            for key in [k for k in self._plains if k not in sets]:
+                self._plains.pop(key)[1]()
+            for key, passwords in sets.items():
+                if key not in self._plains:
+                    self._plains[key] = (passwords, passwords.on_change(self.changed))
 
     def _store_changed(self, change: StoreChange) -> None:
         if change.removed or change.updated:
@@ -495,6 +511,10 @@ class Warden:
                     log.exception("guard thread: unexpected error, continuing")
                 time.sleep(PASSWORD_POLL_SECONDS)
         for _, unsubscribe in self._stores.values():
+            unsubscribe()
+        with self._lock:
+            plains, self._plains = list(self._plains.values()), {}
+        for _, unsubscribe in plains:
             unsubscribe()
         if self._limiter is not None:
             self._limiter[1]()
