@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket as socketlib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import zmq.asyncio
 
 import zsec
 
-from .helpers import bind_loopback, wait_for
+from .helpers import bind_loopback, login, wait_for
 
 
 def _curve_pair(
@@ -161,6 +162,47 @@ def test_a_user_removed_from_a_password_table_is_dropped_when_the_call_returns(
         with pytest.raises(zmq.Again):
             guarded.recv(zmq.NOBLOCK)
     finally:
+        client.close(linger=0)
+        server.close(linger=0)
+        auth.stop()
+
+
+def test_connections_that_never_authenticated_do_not_buy_excuses_from_the_limiter(
+    ctx: zmq.Context[Any],
+) -> None:
+    # An attacker opens raw TCP connections that never handshake; when some
+    # identity from its address is revoked, they are cut as silent suspects.
+    # Each cut must not excuse one more failed login of that address.
+    table = zsec.PasswordTable({"alice": "pw-alice", "mallory": "pw-mallory"})
+    auth = zsec.Auth(ctx)
+    auth.configure_plain("*", table)
+    auth.set_failure_limit(3, window=600, ban=600)
+    server = ctx.socket(zmq.PULL)
+    server.linger = 0
+    zsec.plain_server(server)
+    cuts: list[zsec.Cut] = []
+    guarded = auth.guard(server, on_cut=cuts.append)
+    endpoint = bind_loopback(server)
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    client = ctx.socket(zmq.PUSH)
+    client.linger = 0
+    zsec.plain_client(client, "mallory", "pw-mallory")
+    client.connect(endpoint)
+    raw = [socketlib.create_connection((host, int(port)), timeout=5) for _ in range(20)]
+    try:
+        client.send(b"hello")
+        assert guarded.poll(5000) and guarded.recv() == b"hello"
+        watch = guarded._watch
+        wait_for(lambda: len(watch.accepted) >= len(raw) + 1, what="every connection accepted")
+        table.replace({"alice": "pw-alice"})
+        wait_for(lambda: len(cuts) >= len(raw) + 1, what="mallory and the silent connections cut")
+        for _ in range(8):
+            login(ctx, endpoint, "alice", "guess")
+        assert auth.policy.limiter is not None
+        assert auth.policy.limiter.banned, "wrong passwords went unpunished"
+    finally:
+        for s in raw:
+            s.close()
         client.close(linger=0)
         server.close(linger=0)
         auth.stop()

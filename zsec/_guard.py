@@ -567,6 +567,12 @@ class Warden:
                     mechanism = _MECHANISMS.get(conn.grant.partition(".")[2][:1].encode(), "?")
                     self.cut(watch, fd, conn.ends, conn.identity, mechanism, reason)
             suspects = revoked.get(watch.domain, set())
+            # Silent connections may never have authenticated: anyone can open
+            # them by the thousand. Each cut excuses a failure of its address,
+            # so at most max_failures - 1 of them per address and sweep do: a
+            # revoked key's silent connections cannot alone ban their address,
+            # and an attacker's cannot buy more than one allowance of guesses.
+            excuses: dict[str, int] = {}
             for fd, ends in silent:
                 ip = ip_port(ends[1])[0]
                 raw = ip.encode()
@@ -579,28 +585,42 @@ class Warden:
                 elif ip in suspects:
                     reason = "silent connection from an address a revoked identity used"
                 if reason:
-                    self.cut(watch, fd, ends, "?", "?", reason)
+                    allowance = 0 if limiter is None else limiter.max_failures - 1
+                    excuse = excuses.get(ip, 0) < allowance
+                    if self.cut(watch, fd, ends, "?", "?", reason, excuse=excuse) and excuse:
+                        excuses[ip] = excuses.get(ip, 0) + 1
 
     def cut(
-        self, watch: _Watch, fd: int, ends: Endpoints, identity: str, mechanism: str, reason: str
-    ) -> None:
-        """Close one connection (once), excuse its refused reconnect, log it, tell listeners."""
+        self,
+        watch: _Watch,
+        fd: int,
+        ends: Endpoints,
+        identity: str,
+        mechanism: str,
+        reason: str,
+        *,
+        excuse: bool = True,
+    ) -> bool:
+        """Close one connection (once), excuse its refused reconnect, log it, tell listeners.
+
+        True if this call cut it.
+        """
         with watch.lock:
             if watch.done.get(fd) == ends:
-                return
+                return False
             if not shut_down(fd, ends):
                 # Gone already, or the number was reused: forget the stale entry.
                 if watch.accepted.get(fd) == ends:
                     del watch.accepted[fd]
                 if (conn := watch.conns.get(fd)) is not None and conn.ends == ends:
                     del watch.conns[fd]
-                return
+                return False
             watch.done[fd] = ends
             watch.conns.pop(fd, None)
             watch.accepted.pop(fd, None)
         peer = ends[1]
         limiter = self._auth.policy.limiter
-        if limiter is not None and reason != "address banned":
+        if limiter is not None and excuse and reason != "address banned":
             with contextlib.suppress(Exception):
                 limiter.excuse(limit_key(ip_port(peer)[0].encode()))
         record = Cut(time.time(), identity, mechanism, watch.domain_text, _show(peer), reason)
@@ -620,6 +640,7 @@ class Warden:
             except Exception:  # a listener must not stop the cutting
                 with contextlib.suppress(Exception):
                     log.exception("cut listener failed")
+        return True
 
 
 def _is_async(socket: zmq.Socket[Any]) -> bool:
