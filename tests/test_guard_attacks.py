@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket as socketlib
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +18,16 @@ import zsec
 
 from .helpers import bind_loopback, login, wait_for
 
+SERVER_CERTS: dict[zmq.Socket[Any], zsec.Cert] = {}
+
 
 def _curve_pair(
     ctx: zmq.Context[Any], tmp_path: Path, client_cert: zsec.Cert, kind: int = zmq.ROUTER
 ) -> tuple[zsec.Auth, Any, zmq.Socket[Any], zmq.Socket[Any], Path, list[zsec.Cut]]:
+    """A guarded CURVE server trusting ``client_cert`` and a client connected to it.
+
+    The server's certificate is left in ``SERVER_CERTS[server]``.
+    """
     trusted = tmp_path / "trusted"
     trusted.mkdir(mode=0o700)
     client_cert.save_public(trusted / "client.key")
@@ -26,6 +35,7 @@ def _curve_pair(
     auth.configure_curve("*", str(trusted))
     server_cert = zsec.Cert()
     server = ctx.socket(kind)
+    SERVER_CERTS[server] = server_cert
     server.linger = 0
     server.rcvtimeo = 5000
     zsec.curve_server(server, server_cert)
@@ -206,3 +216,82 @@ def test_connections_that_never_authenticated_do_not_buy_excuses_from_the_limite
         client.close(linger=0)
         server.close(linger=0)
         auth.stop()
+
+
+def test_a_revoked_message_read_after_its_connection_closed_cuts_no_other_connection(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    mallory = zsec.Cert()
+    auth, guarded, server, client, path, cuts = _curve_pair(ctx, tmp_path, mallory, zmq.PULL)
+    alice_cert = zsec.Cert()
+    alice_cert.save_public(path.parent / "alice.key")
+    alices: list[subprocess.Popen[bytes]] = []
+    try:
+        client.send(b"one")
+        assert guarded.recv() == b"one"
+        watch = guarded._watch
+        (fd,) = list(watch.conns)
+        client.send(b"two")
+        assert server.poll(5000, zmq.POLLIN)  # queued at the server
+        client.close(linger=0)
+        wait_for(lambda: fd not in watch.accepted, what="mallory's DISCONNECTED")
+        # Alice's clients (another address, another process, so that this
+        # process's descriptors are the server's) until one gets mallory's number.
+        endpoint = server.getsockopt_string(zmq.LAST_ENDPOINT)
+        while fd not in watch.accepted and len(alices) < 10:
+            alices.append(_alice_process(alice_cert, SERVER_CERTS[server], endpoint))
+            wait_for(lambda: len(watch.accepted) >= len(alices), what="alice accepted")
+        assert fd in watch.accepted, "the descriptor number was not reused"
+        path.unlink()
+        store = auth.policy.curve["*"]
+        wait_for(lambda: store.lookup(mallory.public_key) is None, what="the store to forget her")
+        with pytest.raises(zmq.Again):
+            guarded.recv(zmq.NOBLOCK)  # mallory's queued message: dropped
+        assert [c for c in cuts if c.address.startswith("127.0.0.2")] == []
+        for alice in alices:
+            alice.send_signal(signal.SIGUSR1)
+        for _ in alices:
+            assert guarded.poll(5000) and guarded.recv() == b"still here"
+    finally:
+        for alice in alices:
+            alice.kill()
+            alice.wait()
+        client.close(linger=0)
+        server.close(linger=0)
+        auth.stop()
+
+
+_ALICE = """
+import signal, sys, zmq, zsec
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+client_cert = zsec.Cert.from_keys(sys.argv[1], sys.argv[2])
+server_cert = zsec.Cert.from_keys(sys.argv[3])
+ctx = zmq.Context()
+sock = ctx.socket(zmq.PUSH)
+sock.linger = 1000
+zsec.curve_client(sock, client_cert, server_cert)
+sock.connect(sys.argv[4])
+signal.sigwait({signal.SIGUSR1})
+sock.send(b"still here")
+sock.close()
+ctx.term()
+"""
+
+
+def _alice_process(cert: zsec.Cert, server: zsec.Cert, endpoint: str) -> subprocess.Popen[bytes]:
+    """A CURVE PUSH client in its own process, connected from 127.0.0.2; sends on SIGUSR1.
+
+    No pipe to it: the test needs this process's new descriptors to be the server's.
+    """
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _ALICE,
+            cert.public_txt,
+            cert.secret_txt or "",
+            server.public_txt,
+            endpoint.replace("tcp://", "tcp://127.0.0.2:0;"),
+        ],
+        stdin=subprocess.DEVNULL,
+    )

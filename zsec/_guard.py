@@ -360,13 +360,13 @@ class _Watch:
             with self.lock:
                 if fd in self.done:
                     return False  # its cut is under way; more queued messages follow
-            ends = self.accepted.get(fd) or endpoints(fd)
+            ends = self._ends_of(fd, grant, address)
             if ends is not None:
                 mechanism = _MECHANISMS.get((grant or "").partition(".")[2][:1].encode(), "?")
                 warden.cut(self, fd, ends, str(identity or "?"), mechanism, reason)
             return False
         ends = endpoints(fd)
-        if ends is not None and isinstance(grant, str):
+        if ends is not None and isinstance(grant, str) and _from(ends, address):
             with self.lock:
                 self.conns[fd] = _Conn(grant, str(identity), str(address), ends)
         # Even when the connection is gone already (its messages are still
@@ -376,6 +376,28 @@ class _Watch:
             trusted.clear()
         trusted.add(fd)
         return True
+
+    def _ends_of(self, fd: int, grant: Any, address: Any) -> Endpoints | None:
+        """The addresses of the connection a message on ``fd`` came from; None if unsure.
+
+        The message may have been queued by a connection that has closed
+        since, its descriptor number now another connection's: cutting that
+        one would hit a bystander. So the connection must be the one that
+        spoke with this grant, or (never heard) be from the message's IP.
+        """
+        with self.lock:
+            conn = self.conns.get(fd)
+            ends = self.accepted.get(fd)
+        if conn is not None:
+            return conn.ends if conn.grant == grant else None
+        if ends is None:
+            ends = endpoints(fd)
+        return ends if ends is not None and _from(ends, address) else None
+
+
+def _from(ends: Endpoints, address: Any) -> bool:
+    """True if the peer of ``ends`` has the IP of a ``Peer-Address`` property."""
+    return isinstance(address, str) and ip_port(ends[1])[0] == address.partition("%")[0]
 
 
 def _get(frame: zmq.Frame, name: Any) -> Any:
