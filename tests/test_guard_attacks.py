@@ -295,3 +295,42 @@ def _alice_process(cert: zsec.Cert, server: zsec.Cert, endpoint: str) -> subproc
         ],
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_a_revoked_user_cut_many_times_buys_no_guesses_at_other_users(
+    ctx: zmq.Context[Any],
+) -> None:
+    # Each cut excuses the cut client's refused reconnect. A client that
+    # never reconnects must not leave that excuse for someone else's failures.
+    table = zsec.PasswordTable({"alice": "pw-alice", "mallory": "pw-mallory"})
+    auth = zsec.Auth(ctx)
+    auth.configure_plain("*", table)
+    auth.set_failure_limit(3, window=600, ban=600)
+    server = ctx.socket(zmq.PULL)
+    server.linger = 0
+    zsec.plain_server(server)
+    cuts: list[zsec.Cut] = []
+    guarded = auth.guard(server, on_cut=cuts.append)
+    endpoint = bind_loopback(server)
+    clients = []
+    try:
+        for _ in range(8):
+            client = ctx.socket(zmq.PUSH)
+            client.linger = 0
+            client.reconnect_ivl = -1  # never redials: keeps its excuse unused
+            zsec.plain_client(client, "mallory", "pw-mallory")
+            client.connect(endpoint)
+            clients.append(client)
+            client.send(b"hello")
+            assert guarded.poll(5000) and guarded.recv() == b"hello"
+        table.replace({"alice": "pw-alice"})
+        wait_for(lambda: len(cuts) >= len(clients), what="mallory's connections cut")
+        for _ in range(8):
+            login(ctx, endpoint, "alice", "guess")
+        assert auth.policy.limiter is not None
+        assert auth.policy.limiter.banned, "wrong passwords went unpunished"
+    finally:
+        for client in clients:
+            client.close(linger=0)
+        server.close(linger=0)
+        auth.stop()

@@ -363,7 +363,8 @@ class _Watch:
             ends = self._ends_of(fd, grant, address)
             if ends is not None:
                 mechanism = _MECHANISMS.get((grant or "").partition(".")[2][:1].encode(), "?")
-                warden.cut(self, fd, ends, str(identity or "?"), mechanism, reason)
+                who = _who(grant, identity)
+                warden.cut(self, fd, ends, str(identity or "?"), mechanism, reason, who=who)
             return False
         ends = endpoints(fd)
         if ends is not None and isinstance(grant, str) and _from(ends, address):
@@ -393,6 +394,16 @@ class _Watch:
         if ends is None:
             ends = endpoints(fd)
         return ends if ends is not None and _from(ends, address) else None
+
+
+def _who(grant: Any, identity: Any) -> bytes:
+    """Whose failures a cut connection's refused reconnect will be: PLAIN user, CURVE key."""
+    if not isinstance(grant, str) or not isinstance(identity, str):
+        return b""
+    tag, key = _split(grant.partition(".")[2].encode("ascii", "replace"))
+    if tag[:1] == b"p":
+        return identity.encode("utf-8", "surrogateescape")
+    return key
 
 
 def _from(ends: Endpoints, address: Any) -> bool:
@@ -587,7 +598,8 @@ class Warden:
                     verdicts[alike] = reason
                 if reason:
                     mechanism = _MECHANISMS.get(conn.grant.partition(".")[2][:1].encode(), "?")
-                    self.cut(watch, fd, conn.ends, conn.identity, mechanism, reason)
+                    who = _who(conn.grant, conn.identity)
+                    self.cut(watch, fd, conn.ends, conn.identity, mechanism, reason, who=who)
             suspects = revoked.get(watch.domain, set())
             # Silent connections may never have authenticated: anyone can open
             # them by the thousand. Each cut excuses a failure of its address,
@@ -622,6 +634,7 @@ class Warden:
         reason: str,
         *,
         excuse: bool = True,
+        who: bytes = b"",
     ) -> bool:
         """Close one connection (once), excuse its refused reconnect, log it, tell listeners.
 
@@ -644,7 +657,7 @@ class Warden:
         limiter = self._auth.policy.limiter
         if limiter is not None and excuse and reason != "address banned":
             with contextlib.suppress(Exception):
-                limiter.excuse(limit_key(ip_port(peer)[0].encode()))
+                limiter.excuse(limit_key(ip_port(peer)[0].encode()), who)
         record = Cut(time.time(), identity, mechanism, watch.domain_text, _show(peer), reason)
         log.warning(
             "cut %s connection of %s from %s in domain %s: %s",

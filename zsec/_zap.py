@@ -704,7 +704,8 @@ class Policy:
                     )
         try:
             if self.limiter is not None and reply.status_text in CLIENT_FAULTS:
-                self.limiter.failed(limit_key(request.address))
+                who = request.username if request.mechanism == b"PLAIN" else request.client_key
+                self.limiter.failed(limit_key(request.address), who)
             if self.verbose:
                 _trace(request, reply)
         except Exception:
