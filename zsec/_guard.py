@@ -407,8 +407,12 @@ def _who(grant: Any, identity: Any) -> bytes:
 
 
 def _from(ends: Endpoints, address: Any) -> bool:
-    """True if the peer of ``ends`` has the IP of a ``Peer-Address`` property."""
-    return isinstance(address, str) and ip_port(ends[1])[0] == address.partition("%")[0]
+    """True if the peer of ``ends`` has the IP of a ``Peer-Address`` property.
+
+    Also True for a peer that has no IP (ipc): there is nothing to compare.
+    """
+    host = ip_port(ends[1])[0]
+    return host == "?" or (isinstance(address, str) and host == address.partition("%")[0])
 
 
 def _get(frame: zmq.Frame, name: Any) -> Any:
