@@ -334,3 +334,59 @@ def test_a_revoked_user_cut_many_times_buys_no_guesses_at_other_users(
             client.close(linger=0)
         server.close(linger=0)
         auth.stop()
+
+
+def test_concurrent_async_receives_never_mix_the_frames_of_two_messages(
+    ctx: zmq.Context[Any],
+) -> None:
+    auth = zsec.Auth(ctx)
+    auth.configure_curve("*", zsec.CURVE_ALLOW_ANY)
+    server_cert = zsec.Cert()
+    actx = zmq.asyncio.Context.shadow(ctx.underlying)
+    server = actx.socket(zmq.ROUTER)
+    server.linger = 0
+    zsec.curve_server(server, server_cert)
+    guarded = auth.guard(server)
+    endpoint = bind_loopback(server)
+    clients = []
+    for i in range(4):
+        client = ctx.socket(zmq.DEALER)
+        client.linger = 0
+        client.routing_id = b"client%d" % i
+        zsec.curve_client(client, zsec.Cert(), server_cert)
+        client.connect(endpoint)
+        clients.append(client)
+    rounds = 50
+
+    async def scenario() -> list[list[bytes]]:
+        for n in range(rounds):
+            for client in clients:
+                client.send_multipart([client.routing_id, b"%d" % n])
+        total = rounds * len(clients)
+        got: list[list[bytes]] = []
+        enough = asyncio.Event()
+
+        async def reader() -> None:
+            while True:
+                got.append(await guarded.recv_multipart())
+                if len(got) >= total:
+                    enough.set()
+
+        readers = [asyncio.ensure_future(reader()) for _ in range(3)]
+        try:
+            await asyncio.wait_for(enough.wait(), 10)
+        finally:
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+        return got
+
+    try:
+        messages = asyncio.run(scenario())
+        for message in messages:
+            assert len(message) == 3 and message[0] == message[1], message
+    finally:
+        for client in clients:
+            client.close(linger=0)
+        server.close(linger=0)
+        auth.stop()

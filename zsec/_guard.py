@@ -846,13 +846,18 @@ class AsyncGuardedSocket(GuardedSocket):
     """``GuardedSocket`` for a ``zmq.asyncio`` socket: receive and poll are awaitables."""
 
     async def _message_async(self, flags: int) -> list[zmq.Frame]:
-        recv: Any = self._socket.recv
+        # One recv_multipart: pyzmq's async receives of single frames from
+        # concurrent tasks interleave, which would mix two messages (one
+        # peer's routing id with another's body).
+        recv_multipart: Any = self._socket.recv_multipart
+        warden = self._watch.warden
         while True:
-            frame = await recv(flags, copy=False)
-            parts = [frame]
-            while frame.more:
-                frame = await recv(copy=False)
-                parts.append(frame)
+            parts: list[zmq.Frame] = await recv_multipart(flags, copy=False)
+            try:
+                if parts[0].get(_SRCFD) in warden.trusted:
+                    return parts
+            except zmq.ZMQError:
+                pass
             if self._admitted(parts[0]):
                 return parts
 
