@@ -390,3 +390,37 @@ def test_concurrent_async_receives_never_mix_the_frames_of_two_messages(
             client.close(linger=0)
         server.close(linger=0)
         auth.stop()
+
+
+def test_silent_connections_of_a_key_shared_by_many_hosts_are_all_cut(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    # One key used from more addresses than the guard remembers per
+    # identity (a fleet sharing a client key): revoking it must still close
+    # every connection it admitted, not only those from the first addresses.
+    cert = zsec.Cert()
+    auth, guarded, server, first, path, cuts = _curve_pair(ctx, tmp_path, cert, zmq.PULL)
+    endpoint = server.getsockopt_string(zmq.LAST_ENDPOINT)
+    clients = [first]
+    monitors = []
+    try:
+        for i in range(2, 2 + zsec._guard._ADDRESSES_PER_IDENTITY + 4):
+            client = ctx.socket(zmq.PUSH)
+            client.linger = 0
+            zsec.curve_client(client, cert, SERVER_CERTS[server])
+            monitor = zsec.HandshakeMonitor(client)
+            client.connect(endpoint.replace("tcp://", f"tcp://127.0.1.{i}:0;"))
+            clients.append(client)
+            monitors.append(monitor)
+        for monitor in monitors:
+            assert monitor.wait(10).ok
+        wait_for(lambda: len(guarded._watch.accepted) >= len(clients), what="all accepted")
+        path.unlink()
+        wait_for(lambda: len(cuts) >= len(clients), what="every connection of the key cut")
+    finally:
+        for monitor in monitors:
+            monitor.close()
+        for client in clients:
+            client.close(linger=0)
+        server.close(linger=0)
+        auth.stop()

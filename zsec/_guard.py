@@ -72,6 +72,9 @@ REVOKED_REPLY = b"zsec: access revoked"
 PASSWORD_POLL_SECONDS = 0.05
 _CACHE_LIMIT = 100_000
 _ADDRESSES_PER_IDENTITY = 64
+# Stands for every address, once an identity came from more than the above:
+# its silent connections could then be anywhere.
+_ANYWHERE = "*"
 _RECEIVERS = {
     zmq.ROUTER: "ROUTER",
     zmq.DEALER: "DEALER",
@@ -181,6 +184,8 @@ class Grants:
                     addresses = self._seen[key] = set()
                 if len(addresses) < _ADDRESSES_PER_IDENTITY:
                     addresses.add(request.address)
+                else:
+                    addresses.add(_ANYWHERE.encode())
         return value
 
     def revoked_addresses(self, policy: Policy) -> dict[bytes, set[str]]:
@@ -620,7 +625,7 @@ class Warden:
                     reason = "address banned"
                 elif refused := policy.address_verdict(raw):
                     reason = refused.decode()
-                elif ip in suspects:
+                elif ip in suspects or _ANYWHERE in suspects:
                     reason = "silent connection from an address a revoked identity used"
                 if reason:
                     allowance = 0 if limiter is None else limiter.max_failures - 1
