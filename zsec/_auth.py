@@ -624,6 +624,8 @@ class Auth:
         for a ``zmq.asyncio`` socket). When a trust change revokes a peer,
         its connections on every guarded socket are closed within
         milliseconds; ``on_cut(Cut)`` hears of each one. Linux/POSIX, TCP.
+        Guard before binding: connections accepted earlier are known only
+        once they speak.
         """
         from ._guard import warden_of
 

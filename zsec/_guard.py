@@ -33,7 +33,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import json
 import logging
+import pickle
 import socket as socketlib
 import sys
 import threading
@@ -62,12 +64,17 @@ _SRCFD = zmq.SRCFD
 #: The ZAP metadata property that carries a grant.
 GRANT_PROPERTY = "X-Zsec-Grant"
 _GRANT_PREFIX = bytes((len(GRANT_PROPERTY),)) + GRANT_PROPERTY.encode("ascii")
+# A grant no policy honours: its tag is empty.
+_VOID_GRANT = b"0."
 #: What a guarded REP socket answers to a request it will not deliver.
 REVOKED_REPLY = b"zsec: access revoked"
 #: How often password files are looked at for changes, in seconds.
 PASSWORD_POLL_SECONDS = 0.05
 _CACHE_LIMIT = 100_000
 _ADDRESSES_PER_IDENTITY = 64
+# Stands for every address, once an identity came from more than the above:
+# its silent connections could then be anywhere.
+_ANYWHERE = "*"
 _RECEIVERS = {
     zmq.ROUTER: "ROUTER",
     zmq.DEALER: "DEALER",
@@ -121,17 +128,45 @@ class Grants:
         self.checking: tuple[Any, int] | None = None
 
     def stamp(self, policy: Policy, request: ZapRequest, reply: ZapReply) -> ZapReply:
-        """Return ``reply`` with a grant property added (an empty one if nothing admits it)."""
+        """Return ``reply`` with a grant property first in its metadata.
+
+        Always sets the property, to a void grant when nothing admits the
+        peer (the guard then refuses the connection): libzmq keeps the
+        first property of a name, from the ZAP reply before the peer's own
+        handshake metadata, so an unset grant or one after certificate
+        metadata could be chosen by the peer.
+        """
+        try:
+            value = self._grant(policy, request, reply)
+        except Exception as exc:  # noqa: BLE001 - void: the guard refuses it (fails closed)
+            with contextlib.suppress(Exception):
+                log.error(
+                    "could not record the grant for the live-revocation guard (%s)",
+                    type(exc).__name__,
+                )
+            value = None
+        if value is None:
+            value = _VOID_GRANT
+        prop = _GRANT_PREFIX + len(value).to_bytes(4, "big") + value
+        return ZapReply(
+            reply.request_id,
+            reply.status_code,
+            reply.status_text,
+            reply.user_id,
+            prop + reply.metadata,
+        )
+
+    def _grant(self, policy: Policy, request: ZapRequest, reply: ZapReply) -> bytes | None:
         tag = policy.grant_tag(request.mechanism, request.domain, reply.user_id, request.client_key)
         if tag is None:
-            return unstamped(reply)
+            return None
         if request.mechanism == b"PLAIN":
             checking, self.checking = self.checking, None
             if checking is None or checking[0].version != checking[1]:
                 # The entries changed around the check: the tag might name an
-                # entry other than the one the password matched. Unstamped,
+                # entry other than the one the password matched. Void,
                 # the guard refuses the connection; the client redials.
-                return unstamped(reply)
+                return None
         # CURVE grants name the client key too: the User-Id may be anything
         # (Auth.curve_user_id), and the guard must look the key up.
         suffix = tag + b"." + request.client_key.hex().encode() if request.client_key else tag
@@ -149,14 +184,9 @@ class Grants:
                     addresses = self._seen[key] = set()
                 if len(addresses) < _ADDRESSES_PER_IDENTITY:
                     addresses.add(request.address)
-        prop = _GRANT_PREFIX + len(value).to_bytes(4, "big") + value
-        return ZapReply(
-            reply.request_id,
-            reply.status_code,
-            reply.status_text,
-            reply.user_id,
-            reply.metadata + prop,
-        )
+                else:
+                    addresses.add(_ANYWHERE.encode())
+        return value
 
     def revoked_addresses(self, policy: Policy) -> dict[bytes, set[str]]:
         """Forget the identities ``policy`` no longer admits; return their IPs per domain."""
@@ -172,16 +202,6 @@ class Grants:
                 with self._lock:
                     self._seen.pop(key, None)
         return out
-
-
-def unstamped(reply: ZapReply) -> ZapReply:
-    """``reply`` with an empty grant, which the guard refuses.
-
-    Never just no grant: libzmq adds the client's own ZMTP metadata
-    (ZMQ_METADATA) after the authenticator's, keeping the first of two equal
-    names, so only a grant from the authenticator keeps the client's out.
-    """
-    return reply._replace(metadata=reply.metadata + _GRANT_PREFIX + bytes(4))
 
 
 def _mechanism(tag: bytes) -> bytes:
@@ -345,13 +365,14 @@ class _Watch:
             with self.lock:
                 if fd in self.done:
                     return False  # its cut is under way; more queued messages follow
-            ends = self.accepted.get(fd) or endpoints(fd)
+            ends = self._ends_of(fd, grant, address)
             if ends is not None:
                 mechanism = _MECHANISMS.get((grant or "").partition(".")[2][:1].encode(), "?")
-                warden.cut(self, fd, ends, str(identity or "?"), mechanism, reason)
+                who = _who(grant, identity)
+                warden.cut(self, fd, ends, str(identity or "?"), mechanism, reason, who=who)
             return False
         ends = endpoints(fd)
-        if ends is not None and isinstance(grant, str):
+        if ends is not None and isinstance(grant, str) and _from(ends, address):
             with self.lock:
                 self.conns[fd] = _Conn(grant, str(identity), str(address), ends)
         # Even when the connection is gone already (its messages are still
@@ -361,6 +382,42 @@ class _Watch:
             trusted.clear()
         trusted.add(fd)
         return True
+
+    def _ends_of(self, fd: int, grant: Any, address: Any) -> Endpoints | None:
+        """The addresses of the connection a message on ``fd`` came from; None if unsure.
+
+        The message may have been queued by a connection that has closed
+        since, its descriptor number now another connection's: cutting that
+        one would hit a bystander. So the connection must be the one that
+        spoke with this grant, or (never heard) be from the message's IP.
+        """
+        with self.lock:
+            conn = self.conns.get(fd)
+            ends = self.accepted.get(fd)
+        if conn is not None:
+            return conn.ends if conn.grant == grant else None
+        if ends is None:
+            ends = endpoints(fd)
+        return ends if ends is not None and _from(ends, address) else None
+
+
+def _who(grant: Any, identity: Any) -> bytes:
+    """Whose failures a cut connection's refused reconnect will be: PLAIN user, CURVE key."""
+    if not isinstance(grant, str) or not isinstance(identity, str):
+        return b""
+    tag, key = _split(grant.partition(".")[2].encode("ascii", "replace"))
+    if tag[:1] == b"p":
+        return identity.encode("utf-8", "surrogateescape")
+    return key
+
+
+def _from(ends: Endpoints, address: Any) -> bool:
+    """True if the peer of ``ends`` has the IP of a ``Peer-Address`` property.
+
+    Also True for a peer that has no IP (ipc): there is nothing to compare.
+    """
+    host = ip_port(ends[1])[0]
+    return host == "?" or (isinstance(address, str) and host == address.partition("%")[0])
 
 
 def _get(frame: zmq.Frame, name: Any) -> Any:
@@ -388,6 +445,10 @@ class Warden:
         self._stores: dict[int, tuple[CertStore, Callable[[], None]]] = {}
         self._limiter: tuple[FailureLimiter, Callable[[], None]] | None = None
         self._versions: dict[int, int] = {}
+        # Password sets told to call changed() as soon as their entries change:
+        # PasswordTable.replace is a configuration call, in force when it returns.
+        self._plains: dict[int, tuple[object, Callable[[], None]]] = {}
+        self._watch_passwords(auth.policy)
         self._thread = threading.Thread(target=self._run, name="zsec-guard", daemon=True)
         self._thread.start()
 
@@ -408,6 +469,18 @@ class Warden:
             return
         self.trusted = set()
         self._wake.set()
+        if _ and isinstance(_[0], Policy):
+            self._watch_passwords(_[0])
+
+    def _watch_passwords(self, policy: Policy) -> None:
+        """Hear at once of changes to the password sets ``policy`` uses (any thread)."""
+        with self._lock:
+            sets = {id(p): p for p in policy.plain.values() if hasattr(p, "on_change")}
+            for key in [k for k in self._plains if k not in sets]:
+                self._plains.pop(key)[1]()
+            for key, passwords in sets.items():
+                if key not in self._plains:
+                    self._plains[key] = (passwords, passwords.on_change(self.changed))
 
     def _store_changed(self, change: StoreChange) -> None:
         if change.removed or change.updated:
@@ -481,6 +554,10 @@ class Warden:
                 time.sleep(PASSWORD_POLL_SECONDS)
         for _, unsubscribe in self._stores.values():
             unsubscribe()
+        with self._lock:
+            plains, self._plains = list(self._plains.values()), {}
+        for _, unsubscribe in plains:
+            unsubscribe()
         if self._limiter is not None:
             self._limiter[1]()
 
@@ -530,8 +607,15 @@ class Warden:
                     verdicts[alike] = reason
                 if reason:
                     mechanism = _MECHANISMS.get(conn.grant.partition(".")[2][:1].encode(), "?")
-                    self.cut(watch, fd, conn.ends, conn.identity, mechanism, reason)
+                    who = _who(conn.grant, conn.identity)
+                    self.cut(watch, fd, conn.ends, conn.identity, mechanism, reason, who=who)
             suspects = revoked.get(watch.domain, set())
+            # Silent connections may never have authenticated: anyone can open
+            # them by the thousand. Each cut excuses a failure of its address,
+            # so at most max_failures - 1 of them per address and sweep do: a
+            # revoked key's silent connections cannot alone ban their address,
+            # and an attacker's cannot buy more than one allowance of guesses.
+            excuses: dict[str, int] = {}
             for fd, ends in silent:
                 ip = ip_port(ends[1])[0]
                 raw = ip.encode()
@@ -541,33 +625,48 @@ class Warden:
                     reason = "address banned"
                 elif refused := policy.address_verdict(raw):
                     reason = refused.decode()
-                elif ip in suspects:
+                elif ip in suspects or _ANYWHERE in suspects:
                     reason = "silent connection from an address a revoked identity used"
                 if reason:
-                    self.cut(watch, fd, ends, "?", "?", reason)
+                    allowance = 0 if limiter is None else limiter.max_failures - 1
+                    excuse = excuses.get(ip, 0) < allowance
+                    if self.cut(watch, fd, ends, "?", "?", reason, excuse=excuse) and excuse:
+                        excuses[ip] = excuses.get(ip, 0) + 1
 
     def cut(
-        self, watch: _Watch, fd: int, ends: Endpoints, identity: str, mechanism: str, reason: str
-    ) -> None:
-        """Close one connection (once), excuse its refused reconnect, log it, tell listeners."""
+        self,
+        watch: _Watch,
+        fd: int,
+        ends: Endpoints,
+        identity: str,
+        mechanism: str,
+        reason: str,
+        *,
+        excuse: bool = True,
+        who: bytes = b"",
+    ) -> bool:
+        """Close one connection (once), excuse its refused reconnect, log it, tell listeners.
+
+        True if this call cut it.
+        """
         with watch.lock:
             if watch.done.get(fd) == ends:
-                return
+                return False
             if not shut_down(fd, ends):
                 # Gone already, or the number was reused: forget the stale entry.
                 if watch.accepted.get(fd) == ends:
                     del watch.accepted[fd]
                 if (conn := watch.conns.get(fd)) is not None and conn.ends == ends:
                     del watch.conns[fd]
-                return
+                return False
             watch.done[fd] = ends
             watch.conns.pop(fd, None)
             watch.accepted.pop(fd, None)
         peer = ends[1]
         limiter = self._auth.policy.limiter
-        if limiter is not None and reason != "address banned":
+        if limiter is not None and excuse and reason != "address banned":
             with contextlib.suppress(Exception):
-                limiter.excuse(limit_key(ip_port(peer)[0].encode()))
+                limiter.excuse(limit_key(ip_port(peer)[0].encode()), who)
         record = Cut(time.time(), identity, mechanism, watch.domain_text, _show(peer), reason)
         log.warning(
             "cut %s connection of %s from %s in domain %s: %s",
@@ -585,6 +684,7 @@ class Warden:
             except Exception:  # a listener must not stop the cutting
                 with contextlib.suppress(Exception):
                     log.exception("cut listener failed")
+        return True
 
 
 def _is_async(socket: zmq.Socket[Any]) -> bool:
@@ -638,6 +738,12 @@ class GuardedSocket:
         return self._socket
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("recv"):
+            # Passed through, a receive variant this class does not define
+            # (recv_into, a future pyzmq's) would deliver unguarded messages.
+            raise AttributeError(
+                f"{type(self).__name__} has no {name}: receive with recv or recv_multipart"
+            )
         return getattr(self._socket, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -700,6 +806,22 @@ class GuardedSocket:
         """Receive the next frame of an admitted message as text."""
         return str(self.recv(flags).decode(encoding))
 
+    recv_unicode = recv_string
+
+    def recv_json(self, flags: int = 0, **kwargs: Any) -> Any:
+        """Receive the next frame of an admitted message as JSON."""
+        return json.loads(self.recv(flags), **kwargs)
+
+    def recv_pyobj(self, flags: int = 0) -> Any:
+        """Receive the next frame of an admitted message as a pickle (trusted peers only)."""
+        return pickle.loads(self.recv(flags))  # noqa: S301 - what recv_pyobj means
+
+    def recv_serialized(
+        self, deserialize: Callable[[Any], Any], flags: int = 0, copy: bool = True
+    ) -> Any:
+        """Receive the next admitted message through ``deserialize``."""
+        return deserialize(self.recv_multipart(flags, copy=copy))
+
     def poll(self, timeout: int | None = None, flags: int = zmq.POLLIN) -> int:
         """Like ``Socket.poll``, reporting POLLIN only for a message a receive will deliver."""
         if self._frames:
@@ -737,13 +859,18 @@ class AsyncGuardedSocket(GuardedSocket):
     """``GuardedSocket`` for a ``zmq.asyncio`` socket: receive and poll are awaitables."""
 
     async def _message_async(self, flags: int) -> list[zmq.Frame]:
-        recv: Any = self._socket.recv
+        # One recv_multipart: pyzmq's async receives of single frames from
+        # concurrent tasks interleave, which would mix two messages (one
+        # peer's routing id with another's body).
+        recv_multipart: Any = self._socket.recv_multipart
+        warden = self._watch.warden
         while True:
-            frame = await recv(flags, copy=False)
-            parts = [frame]
-            while frame.more:
-                frame = await recv(copy=False)
-                parts.append(frame)
+            parts: list[zmq.Frame] = await recv_multipart(flags, copy=False)
+            try:
+                if parts[0].get(_SRCFD) in warden.trusted:
+                    return parts
+            except zmq.ZMQError:
+                pass
             if self._admitted(parts[0]):
                 return parts
 
@@ -768,6 +895,22 @@ class AsyncGuardedSocket(GuardedSocket):
     ) -> str:
         """Receive the next frame of an admitted message as text."""
         return str((await self.recv(flags)).decode(encoding))
+
+    recv_unicode = recv_string  # type: ignore[assignment]
+
+    async def recv_json(self, flags: int = 0, **kwargs: Any) -> Any:
+        """Receive the next frame of an admitted message as JSON."""
+        return json.loads(await self.recv(flags), **kwargs)
+
+    async def recv_pyobj(self, flags: int = 0) -> Any:
+        """Receive the next frame of an admitted message as a pickle (trusted peers only)."""
+        return pickle.loads(await self.recv(flags))  # noqa: S301 - as above
+
+    async def recv_serialized(
+        self, deserialize: Callable[[Any], Any], flags: int = 0, copy: bool = True
+    ) -> Any:
+        """Receive the next admitted message through ``deserialize``."""
+        return deserialize(await self.recv_multipart(flags, copy=copy))
 
     async def poll(  # type: ignore[override]
         self, timeout: int | None = None, flags: int = zmq.POLLIN

@@ -121,6 +121,21 @@ class _PasswordSet:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state = _State({}, {}, (), 0, "")
+        # Told after each change (the live-revocation guard); copy on write.
+        self._listeners: tuple[Callable[[], None], ...] = ()
+
+    def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after each change of the entries; returns an unsubscribe function.
+
+        It runs in the changing thread, right after the new entries are in
+        force, and must be quick; an exception from it is logged and ignored.
+        """
+        self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return unsubscribe
 
     def __len__(self) -> int:
         return len(self._state.entries)
@@ -193,6 +208,11 @@ class _PasswordSet:
             return
         decoys = _decoys_for(entries.values())
         self._state = _State(entries, {}, decoys, old.version + 1, problem)
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a listener must not undo the change
+                log.exception("password change listener failed")
 
 
 # argon2 strings as libsodium writes them: the variant, then memory (KiB),

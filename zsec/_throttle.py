@@ -40,7 +40,8 @@ class FailureLimiter:
         self._next_sweep = 0.0
         # Failures to overlook per address (count, until): the one refused
         # reconnect of each connection the guard cut must not ban bystanders.
-        self._excused: dict[bytes, tuple[int, float]] = {}
+        # Keyed by (address, who): see excuse().
+        self._excused: dict[tuple[bytes, bytes], tuple[int, float]] = {}
         self._ban_listeners: tuple[Callable[[bytes], None], ...] = ()
         self._end_listeners: tuple[Callable[[bytes], None], ...] = ()
         # Bans from elsewhere in a fleet (address -> end on this clock), replaced
@@ -76,19 +77,23 @@ class FailureLimiter:
         self._end(address)
         return False
 
-    def excuse(self, address: bytes) -> None:
-        """Overlook the next failure of ``address`` within ``window`` seconds (once per call).
+    def excuse(self, address: bytes, who: bytes = b"") -> None:
+        """Overlook the next failure of ``who`` from ``address`` within ``window`` seconds.
 
-        The live-revocation guard calls it for each connection it cuts: the
-        cut client's one refused reconnect is not the address's fault.
+        Once per call. The live-revocation guard calls it for each
+        connection it cuts: the cut client's one refused reconnect is not the
+        address's fault. ``who`` (a PLAIN username, a raw CURVE key) limits
+        the excuse to failures of that identity, so a cut client that never
+        redials leaves no free guess at other users; b"" excuses any failure.
         """
         now = self._clock()
-        count, until = self._excused.get(address, (0, 0.0))
+        key = (address, who)
+        count, until = self._excused.get(key, (0, 0.0))
         if until <= now:
             count = 0
-        if len(self._excused) >= MAX_TRACKED and address not in self._excused:
+        if len(self._excused) >= MAX_TRACKED and key not in self._excused:
             self._excused.pop(next(iter(self._excused)))
-        self._excused[address] = (count + 1, now + self.window)
+        self._excused[key] = (count + 1, now + self.window)
 
     def on_ban(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
         """Call ``listener(address)`` when a ban starts; returns a function that unsubscribes."""
@@ -108,14 +113,15 @@ class FailureLimiter:
 
         return unsubscribe
 
-    def failed(self, address: bytes) -> None:
-        """Record one failed attempt; starts a ban when the limit is reached."""
+    def failed(self, address: bytes, who: bytes = b"") -> None:
+        """Record one failed attempt (of ``who``, see ``excuse``); bans at the limit."""
         now = self._clock()
-        excused = self._excused.pop(address, None)
-        if excused is not None and excused[1] > now:
-            if excused[0] > 1:
-                self._excused[address] = (excused[0] - 1, excused[1])
-            return
+        for key in ((address, who), (address, b"")) if who else ((address, b""),):
+            excused = self._excused.pop(key, None)
+            if excused is not None and excused[1] > now:
+                if excused[0] > 1:
+                    self._excused[key] = (excused[0] - 1, excused[1])
+                return
         attempts = self._failures.get(address)
         if attempts is None:
             if len(self._failures) >= MAX_TRACKED:
@@ -154,8 +160,8 @@ class FailureLimiter:
             a for a, q in self._failures.items() if not q or q[-1] <= now - self.window
         ]:
             del self._failures[address]
-        for address in [a for a, (_, until) in list(self._excused.items()) if until <= now]:
-            del self._excused[address]
+        for key in [k for k, (_, until) in list(self._excused.items()) if until <= now]:
+            del self._excused[key]
 
     @property
     def banned(self) -> list[bytes]:

@@ -714,20 +714,13 @@ class Policy:
             )
             reply = ZapReply(request.request_id, b"500", b"internal error")
         if reply.status_code == b"200" and self.grants is not None:
-            try:
-                reply = self.grants.stamp(self, request, reply)
-            except Exception as exc:  # noqa: BLE001 - unstamped, the guard refuses it: fails closed
-                from ._guard import unstamped
-
-                reply = unstamped(reply)
-                with contextlib.suppress(Exception):
-                    log.error(
-                        "could not record the grant for the live-revocation guard (%s)",
-                        type(exc).__name__,
-                    )
+            # Never raises: a grant it cannot make is void, and the guard
+            # refuses a void grant (fails closed).
+            reply = self.grants.stamp(self, request, reply)
         try:
             if self.limiter is not None and reply.status_text in CLIENT_FAULTS:
-                self.limiter.failed(limit_key(request.address))
+                who = request.username if request.mechanism == b"PLAIN" else request.client_key
+                self.limiter.failed(limit_key(request.address), who)
             if emit is not None:
                 cert = None
                 if reply.status_code == b"200" and request.mechanism == b"CURVE":
