@@ -492,16 +492,62 @@ def test_a_missing_password_file_is_named_once_in_plain_words(
     assert said == [f"password file {path} does not exist; nobody is admitted until it is fixed"]
 
 
-def test_an_entry_with_limits_libsodium_refuses_gets_no_decoy_and_breaks_nothing(
+@pytest.mark.parametrize(
+    ("variant", "passes", "lanes"), [("argon2i", 1, 1), ("argon2id", 1, 4), ("argon2i", 3, 4)]
+)
+def test_entries_libsodium_checks_but_cannot_make_still_get_a_decoy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, passes: int, lanes: int
+) -> None:
+    # argon2-cffi writes p=4 by default, other tools argon2i with 1 pass:
+    # libsodium checks such entries at full cost, so an unknown user must
+    # pay the same, though libsodium cannot make a string like them.
+    entry = (_argon2(b"pw", variant, 3, 8).replace(b",t=3,", b",t=%d," % passes)).replace(
+        b",p=1$", b",p=%d$" % lanes
+    )
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"odd=" + entry + b"\nplain=clear\n")
+    passwords = PasswordFile(path)
+    checked: list[bytes] = []
+    monkeypatch.setattr(_passwords, "_verify_hash", lambda e, p: checked.append(e) or False)
+    for user in (b"odd", b"nobody", b"plain"):
+        checked.clear()
+        passwords.check(user, b"guess")
+        assert [_params(e) for e in checked] == [_params(entry)], user
+    assert checked[0] != entry  # a decoy, never the real entry
+    monkeypatch.undo()
+    assert passwords.check(b"plain", b"clear") == b""
+
+
+@pytest.mark.parametrize(
+    "limits", [b"m=4194304,t=1", b"m=8,t=4294967295", b"m=1048576,t=5", b"m=9999999999,t=1"]
+)
+def test_an_entry_with_absurd_limits_is_refused_without_running_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, limits: bytes
+) -> None:
+    # Run on the authenticator thread, m=4194304 (4 GiB) or t=4294967295
+    # would stall every login or exhaust memory: a file writer (or a careless
+    # copy from another system) must not be able to do that.
+    absurd = _argon2(b"pw", "argon2id", 1, 8).replace(b"m=8,t=1", limits)
+    normal = _argon2(b"pw", "argon2id", 1, 8)
+    checked: list[bytes] = []
+    monkeypatch.setattr(_passwords, "_verify_hash", lambda e, p: checked.append(e) or False)
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"big=" + absurd + b"\nnormal=" + normal + b"\n")
+    passwords = PasswordFile(path)
+    assert passwords.check(b"big", b"pw") == b"wrong password"
+    assert passwords.check(b"nobody", b"pw") == b"unknown user"
+    assert checked and all(limits not in e for e in checked)  # timed by the normal decoy
+    assert "1 hashed password entry refused" in caplog.text
+    assert absurd.decode() not in caplog.text
+
+
+def test_an_entry_libsodium_cannot_read_is_refused_and_breaks_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # argon2i needs at least 3 passes: a string claiming 1 (another tool's,
-    # or edited) cannot be imitated, which is said once, and checks go on.
-    odd = _argon2(b"pw", "argon2i", 3, 8).replace(b",t=3,", b",t=1,")
     path = tmp_path / "p.txt"
-    path.write_bytes(b"odd=" + odd + b"\nplain=clear\n")
+    path.write_bytes(b"odd=$argon2id$v=19$garbage\nplain=clear\n")
     passwords = PasswordFile(path)
     assert passwords.check(b"nobody", b"pw") == b"unknown user"
     assert passwords.check(b"odd", b"pw") == b"wrong password"
     assert passwords.check(b"plain", b"clear") == b""
-    assert "no decoy for argon2 entries with t=1, m=8 KiB" in caplog.text
+    assert "1 hashed password entry refused" in caplog.text

@@ -12,8 +12,8 @@ usernames exist.
 
 from __future__ import annotations
 
+import base64
 import errno
-import functools
 import hashlib
 import hmac
 import logging
@@ -176,6 +176,10 @@ class _PasswordSet:
         remembered = state.verified.get(username)
         if remembered is not None and hmac.compare_digest(given, remembered):
             return b""
+        if _usable(entry) is None:
+            # Refused when loaded (and said then): never run, timed as a refusal.
+            _run_decoy(state.decoys, username, password)
+            return b"wrong password"
         if _verify_hash(entry, password):
             state.verified[username] = given
             return b""
@@ -195,32 +199,78 @@ class _PasswordSet:
         self._state = _State(entries, {}, decoys, old.version + 1, problem)
 
 
-# argon2 strings as libsodium writes them: the variant, then memory (KiB),
-# passes and lanes (libsodium always uses one lane).
-_HASH_PARAMS = re.compile(rb"\$(argon2id|argon2i)\$v=19\$m=([0-9]{1,10}),t=([0-9]{1,10}),p=1\$")
+# The limits of an argon2 string: the variant, then memory (KiB), passes and
+# lanes. libsodium checks any lane count (other tools, argon2-cffi among
+# them, write p=4), though it makes only p=1 strings itself.
+_HASH_PARAMS = re.compile(
+    rb"\$(argon2id|argon2i)\$v=19\$m=([0-9]{1,10}),t=([0-9]{1,10}),p=([0-9]{1,10})"
+    rb"\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)"
+)
+#: Most memory an entry may ask for: libsodium's "sensitive" limit, 1 GiB.
+MAX_HASH_KIB = 1 << 20
+#: Most work (memory in KiB times passes) an entry may ask for: the most any
+#: of libsodium's presets asks, 4 GiB-passes (a few seconds of one core).
+MAX_HASH_WORK = 4 << 20
+
+
+def _usable(entry: bytes) -> re.Match[bytes] | None:
+    """The parts of an argon2 entry zsec will run, or None.
+
+    An entry is run on the authenticator thread, so one whose limits ask for
+    more than ``MAX_HASH_KIB`` of memory or ``MAX_HASH_WORK`` of work (a
+    planted ``m=4194304`` or ``t=4294967295``) would stall every login or
+    exhaust memory: such an entry is refused without running it.
+    """
+    match = _HASH_PARAMS.fullmatch(entry)
+    if match is None:
+        return None
+    kib, passes = int(match.group(2)), int(match.group(3))
+    if kib > MAX_HASH_KIB or kib * passes > MAX_HASH_WORK:
+        return None
+    return match
 
 
 def _decoys_for(entries: Iterable[bytes]) -> tuple[bytes, ...]:
-    """One decoy per hashed entry, made with that entry's own variant and limits.
+    """One decoy per hashed entry: the entry with its salt and hash replaced by random ones.
 
     A refusal that runs no real hash (an unknown user, a wrong clear-text
     password) verifies against the decoy picked by its username: unknown
     names then fall on each parameter set in the proportion that real users
-    do, so an unknown user costs what a known user with a wrong password costs.
-    Entries of the same parameters share one decoy, made once per process.
+    do, so an unknown user costs what a known user with a wrong password
+    costs. Keeping the entry's own text around the random parts keeps every
+    limit (variant, memory, passes, lanes, lengths), including those
+    libsodium can check but not make (several lanes, argon2i with fewer
+    than 3 passes), and costs nothing to make.
     """
     decoys = []
+    refused = 0
     for entry in entries:
         if len(entry) == _DIGEST_BYTES:
             continue
-        match = _HASH_PARAMS.match(entry)
+        match = _usable(entry)
         if match is None:
-            continue  # not a hash libsodium can check: it is refused at once
-        variant, kib, passes = match.group(1), int(match.group(2)), int(match.group(3))
-        decoy = _decoy_hash(variant, passes, kib)
-        if decoy is not None:
-            decoys.append(decoy)
+            refused += 1
+            continue
+        salt, tag = match.group(5), match.group(6)
+        decoys.append(
+            entry[: match.start(5)] + _random_b64(len(salt)) + b"$" + _random_b64(len(tag))
+        )
+    if refused:
+        log.warning(
+            "%d hashed password entr%s refused: not an argon2 string libsodium can check, or "
+            "limits above m=%d KiB or %d KiB-passes; fix: hash them again with zsec passwd",
+            refused,
+            "y" if refused == 1 else "ies",
+            MAX_HASH_KIB,
+            MAX_HASH_WORK,
+        )
     return tuple(decoys)
+
+
+def _random_b64(chars: int) -> bytes:
+    """Random unpadded base64 of ``chars`` characters (as long as the part it replaces)."""
+    raw = base64.b64encode(secrets.token_bytes(chars * 3 // 4 + 3)).rstrip(b"=")
+    return raw[:chars]
 
 
 def _run_decoy(decoys: tuple[bytes, ...], username: bytes, password: bytes) -> None:
@@ -228,25 +278,6 @@ def _run_decoy(decoys: tuple[bytes, ...], username: bytes, password: bytes) -> N
         pick = _PICK_MAC.copy()
         pick.update(username)
         _verify_hash(decoys[int.from_bytes(pick.digest(), "big") % len(decoys)], password)
-
-
-@functools.lru_cache(maxsize=64)
-def _decoy_hash(variant: bytes, passes: int, kib: int) -> bytes | None:
-    """A valid argon2 string of a random password with these parameters, or None if invalid."""
-    from nacl import pwhash
-
-    module = pwhash.argon2id if variant == b"argon2id" else pwhash.argon2i
-    try:
-        return bytes(module.str(secrets.token_bytes(16), opslimit=passes, memlimit=kib * 1024))
-    except Exception as exc:  # noqa: BLE001 - limits libsodium refuses, or memory it cannot get
-        log.warning(
-            "no decoy for argon2 entries with t=%d, m=%d KiB (%s): unknown users may be "
-            "told from known ones by timing",
-            passes,
-            kib,
-            type(exc).__name__,
-        )
-        return None
 
 
 class PasswordTable(_PasswordSet):
