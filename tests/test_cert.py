@@ -448,3 +448,39 @@ def test_apply_sets_curve_keys_that_complete_a_handshake() -> None:
             server_cert.apply("not a socket")
     finally:
         ctx.destroy(linger=0)
+
+
+# -- the secret file beside a public one ------------------------------------
+
+
+def test_load_refuses_a_secret_file_that_holds_another_key_than_its_public_file(
+    tmp_path: Path,
+) -> None:
+    # Whoever can create <path>_secret (a shared or careless directory) would
+    # otherwise swap in a keypair they know for the server's own.
+    mine, planted = zsec.Cert(), zsec.Cert()
+    mine.save_public(tmp_path / "server.key")
+    planted.save_secret(tmp_path / "server.key_secret")
+    with pytest.raises(zsec.CertificateError) as info:
+        zsec.Cert.load(tmp_path / "server.key")
+    assert "server.key_secret" in str(info.value)
+    assert planted.secret_txt not in str(info.value)
+    mine.save(tmp_path / "server.key")  # the pair belongs together again
+    assert zsec.Cert.load(tmp_path / "server.key") == mine
+
+
+def test_load_refuses_a_secret_file_others_can_write(tmp_path: Path) -> None:
+    cert = zsec.Cert()
+    cert.save(tmp_path / "server.key")
+    secret = tmp_path / "server.key_secret"
+    secret.chmod(0o666)
+    with pytest.raises(zsec.FileAccessError, match="chmod go-w"):
+        zsec.Cert.load(tmp_path / "server.key")
+    secret.chmod(0o600)
+    assert zsec.Cert.load(tmp_path / "server.key") == cert
+
+
+def test_load_reads_a_secret_file_alone_when_there_is_no_public_file(tmp_path: Path) -> None:
+    cert = zsec.Cert()
+    cert.save_secret(tmp_path / "only.key_secret")
+    assert zsec.Cert.load(tmp_path / "only.key") == cert
