@@ -359,6 +359,38 @@ def test_a_password_file_owned_by_another_user_is_refused(tmp_path: Path) -> Non
         PasswordFile(path)
 
 
+def test_a_password_file_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    # Whoever can write the directory can replace the file with a symlink to
+    # any file of ours that has name=value lines (an .env file), or remove it.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = shared / "p.txt"
+    path.write_bytes(b"admin=secret\n")
+    path.chmod(0o600)
+    shared.chmod(0o777)
+    with pytest.raises(zsec.FileAccessError, match=r"directory .*chmod go-w .*strict=False"):
+        PasswordFile(path)
+    link = tmp_path / "link.txt"  # a trusted name that leads into it is no better
+    link.symlink_to(path)
+    with pytest.raises(zsec.FileAccessError, match=r"directory .*chmod go-w"):
+        PasswordFile(link)
+    assert PasswordFile(path, strict=False).check(b"admin", b"secret") == b""
+
+
+def test_a_password_directory_opened_to_others_later_admits_nobody_until_fixed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "etc" / "p.txt"
+    path.parent.mkdir()
+    path.write_bytes(b"admin=secret\n")
+    path.chmod(0o600)
+    passwords = PasswordFile(path, check_interval=0)
+    path.parent.chmod(0o777)
+    assert passwords.check(b"admin", b"secret") == b"password file unavailable"
+    path.parent.chmod(0o755)
+    assert passwords.check(b"admin", b"secret") == b""
+
+
 def test_a_password_file_opened_to_others_later_admits_nobody_until_fixed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -340,7 +340,8 @@ class PasswordFile(_PasswordSet):
     so a FIFO or device in its place cannot hang the authenticator.
 
     With ``strict=True`` (the default) the file is refused when group or
-    others can write it or when it is owned by another user than this
+    others can write it or its directory (the one named, and the one a
+    symlink leads to), or when either is owned by another user than this
     process's or root, as ``CertStore`` refuses such certificates: either
     would let someone else add a user. ``strict=False`` turns the check off.
     A clear-text entry in a file that others can read is used, with a warning.
@@ -374,24 +375,32 @@ class PasswordFile(_PasswordSet):
     def _load(self, *, raise_errors: bool) -> None:
         with self._lock:
             try:
+                # Whoever can write a directory on the way can swap the file
+                # for a symlink to any file of ours, so, with strict, the
+                # directory named and the one the file really is in count too.
+                folders = [(d, os.stat(d)) for d in _folders(self.path)] if self._strict else []
+                around = tuple(n for _, f in folders for n in stat_signature(f))
                 # A stat never blocks and tells whether anything changed; the
                 # signature kept is the one of the file actually read.
-                if stat_signature(os.stat(self.path)) == self._signature:
+                if stat_signature(os.stat(self.path)) + around == self._signature:
                     return
                 data, st = read_regular(self.path, MAX_PASSWORD_FILE_BYTES, "password file")
             except (OSError, ZsecError) as exc:
                 self._refuse(_unreadable(self.path, exc), raise_errors)
                 return
-            problem = (
-                mode_problem(st, self.path, "password file", "PasswordFile(..., strict=False)")
-                if self._strict
-                else None
-            )
+            problem = None
+            if self._strict:
+                opt_out = "PasswordFile(..., strict=False)"
+                problem = mode_problem(st, self.path, "password file", opt_out)
+                for folder, folder_st in folders:
+                    problem = problem or mode_problem(
+                        folder_st, folder, "password file directory", opt_out
+                    )
             if problem is not None:
                 self._refuse(problem, raise_errors)
-                # The same file is not judged again until it changes (a chmod
-                # or chown changes its signature).
-                self._signature = stat_signature(st)
+                # The same file is not judged again until it or its directory
+                # changes (a chmod or chown changes the signature).
+                self._signature = stat_signature(st) + around
                 return
             settled = time.time() - st.st_mtime >= _SETTLE_SECONDS
             complete = settled or data.endswith(b"\n") or not data
@@ -401,7 +410,7 @@ class PasswordFile(_PasswordSet):
                 log.warning("password file %s is usable again", self.path)
             self._publish(entries)
             # Until the file settles, keep looking: its last line may grow.
-            self._signature = stat_signature(st) if complete else None
+            self._signature = stat_signature(st) + around if complete else None
             self._say_findings(st, entries, ignored)
             log.debug("loaded %d user(s) from %s", len(entries), self.path)
 
@@ -440,6 +449,13 @@ class PasswordFile(_PasswordSet):
                 self.path,
             )
         self._said_readable = readable
+
+
+def _folders(path: str) -> list[str]:
+    """The directory a path names and the one its file really is in (one if they are the same)."""
+    named = os.path.dirname(os.path.abspath(path))
+    real = os.path.dirname(os.path.realpath(path))
+    return [named] if named == real else [named, real]
 
 
 def _unreadable(path: str, exc: BaseException) -> str:
