@@ -240,9 +240,11 @@ def _decoys_for(entries: Iterable[bytes]) -> tuple[bytes, ...]:
     costs. Keeping the entry's own text around the random parts keeps every
     limit (variant, memory, passes, lanes, lengths), including those
     libsodium can check but not make (several lanes, argon2i with fewer
-    than 3 passes), and costs nothing to make.
+    than 3 passes), and costs nothing to make. Entries of the same limits
+    and lengths share one decoy.
     """
     decoys = []
+    made: dict[tuple[bytes, int, int], bytes] = {}  # one per limits and lengths
     refused = 0
     for entry in entries:
         if len(entry) == _DIGEST_BYTES:
@@ -251,10 +253,11 @@ def _decoys_for(entries: Iterable[bytes]) -> tuple[bytes, ...]:
         if match is None:
             refused += 1
             continue
-        salt, tag = match.group(5), match.group(6)
-        decoys.append(
-            entry[: match.start(5)] + _random_b64(len(salt)) + b"$" + _random_b64(len(tag))
-        )
+        shape = (entry[: match.start(5)], len(match.group(5)), len(match.group(6)))
+        decoy = made.get(shape)
+        if decoy is None:
+            decoy = made[shape] = shape[0] + _random_b64(shape[1]) + b"$" + _random_b64(shape[2])
+        decoys.append(decoy)
     if refused:
         log.warning(
             "%d hashed password entr%s refused: not an argon2 string libsodium can check, or "
