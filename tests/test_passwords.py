@@ -132,6 +132,28 @@ def test_password_file_reloads_when_changed(tmp_path: Path) -> None:
     assert passwords.check(b"admin", b"one") == b"wrong password"
 
 
+def test_a_password_changed_in_place_within_one_timestamp_tick_is_still_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a file system with whole-second timestamps (ext4 with small inodes,
+    # ext3, many NFS servers; any Linux before 6.13 with a jiffy of 4 ms), an
+    # in-place rewrite of the same size right after a read leaves every stat
+    # field as it was: the old password would stay valid until the next change.
+    def whole_seconds(st: os.stat_result) -> tuple[int, ...]:
+        return (st.st_dev, st.st_ino, int(st.st_mtime), int(st.st_ctime), st.st_size)
+
+    monkeypatch.setattr(_passwords, "stat_signature", whole_seconds)
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"admin=old-password\n")
+    passwords = PasswordFile(path, check_interval=0)
+    before = path.stat()
+    with open(path, "r+b") as handle:  # same size, same inode
+        handle.write(b"admin=new-password\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert passwords.check(b"admin", b"old-password") == b"wrong password"
+    assert passwords.check(b"admin", b"new-password") == b""
+
+
 def test_a_line_being_written_is_not_trusted_yet(tmp_path: Path) -> None:
     path = tmp_path / "p.txt"
     path.write_bytes(b"admin=complete\nnewuser=sec")  # cut mid-write: "sec" of "secret"

@@ -412,8 +412,10 @@ class PasswordFile(_PasswordSet):
             if self._state.problem:
                 log.warning("password file %s is usable again", self.path)
             self._publish(entries)
-            # Until the file settles, keep looking: its last line may grow.
-            self._signature = stat_signature(st) + around if complete else None
+            # Until the file settles, keep looking: its last line may grow,
+            # and a same-size rewrite within the file system's timestamp
+            # tick would leave every stat field as it is now.
+            self._signature = stat_signature(st) + around if settled else None
             self._say_findings(st, entries, ignored)
             log.debug("loaded %d user(s) from %s", len(entries), self.path)
 
