@@ -605,3 +605,15 @@ def test_an_entry_libsodium_cannot_read_is_refused_and_breaks_nothing(
     assert passwords.check(b"odd", b"pw") == b"wrong password"
     assert passwords.check(b"plain", b"clear") == b""
     assert "1 hashed password entry refused" in caplog.text
+
+
+@pytest.mark.parametrize("interval", [float("nan"), float("inf"), -1.0])
+def test_a_check_interval_that_would_stop_reloads_is_refused(
+    tmp_path: Path, interval: object
+) -> None:
+    # NaN made every later "is it time to look again?" false: a removed
+    # user stayed admitted for the life of the process.
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"admin=pw\n")
+    with pytest.raises(zsec.ZsecValueError, match="check_interval"):
+        PasswordFile(path, check_interval=interval)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-from ._errors import FileAccessError, PasswordError, ZsecError, ZsecTypeError
+from ._errors import FileAccessError, PasswordError, ZsecError, ZsecTypeError, ZsecValueError
 from ._files import (
     SECRET_MODE,
     fspath,
@@ -354,6 +355,9 @@ class PasswordFile(_PasswordSet):
         super().__init__()
         self.path = fspath(path, "password file path")
         self._interval = float(check_interval)
+        if not 0 <= self._interval < math.inf:  # also false for NaN
+            # NaN or infinity would stop reloads: a removed user stays admitted.
+            raise ZsecValueError("check_interval must be a finite number of seconds, 0 or more")
         self._strict = bool(strict)
         self._signature: tuple[int, ...] | None = None
         self._next_check = 0.0
