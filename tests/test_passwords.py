@@ -617,3 +617,20 @@ def test_a_check_interval_that_would_stop_reloads_is_refused(
     path.write_bytes(b"admin=pw\n")
     with pytest.raises(zsec.ZsecValueError, match="check_interval"):
         PasswordFile(path, check_interval=interval)  # type: ignore[arg-type]
+
+
+def test_every_decoy_is_an_argon2_string_libsodium_accepts(tmp_path: Path) -> None:
+    # libsodium refuses base64 whose unused last bits are not zero, before
+    # any hashing: a decoy with such a salt or hash costs nothing, and an
+    # unknown user answers at once where a known one pays argon2.
+    import base64
+
+    entries = [_argon2(b"pw", "argon2id", 1, 8), _argon2(b"pw", "argon2i", 3, 8)]
+    entries.append(entries[0].replace(b",p=1$", b",p=4$"))
+    for _ in range(20):
+        for decoy in _passwords.PasswordTable(
+            {f"u{i}": e for i, e in enumerate(entries)}
+        )._state.decoys:
+            for part in decoy.split(b"$")[4:]:
+                again = base64.b64encode(base64.b64decode(part + b"=" * (-len(part) % 4)))
+                assert again.rstrip(b"=") == part, decoy

@@ -272,9 +272,13 @@ def _decoys_for(entries: Iterable[bytes]) -> tuple[bytes, ...]:
 
 
 def _random_b64(chars: int) -> bytes:
-    """Random unpadded base64 of ``chars`` characters (as long as the part it replaces)."""
-    raw = base64.b64encode(secrets.token_bytes(chars * 3 // 4 + 3)).rstrip(b"=")
-    return raw[:chars]
+    """Random unpadded base64 of ``chars`` characters (as long as the part it replaces).
+
+    Made by encoding whole random bytes, so the unused bits of the last
+    character are zero: libsodium refuses any other base64 before hashing,
+    and a decoy it refuses would cost nothing.
+    """
+    return base64.b64encode(secrets.token_bytes(chars * 3 // 4)).rstrip(b"=")
 
 
 def _run_decoy(decoys: tuple[bytes, ...], username: bytes, password: bytes) -> None:
