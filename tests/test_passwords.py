@@ -595,6 +595,21 @@ def test_an_entry_with_absurd_limits_is_refused_without_running_it(
     assert absurd.decode() not in caplog.text
 
 
+@pytest.mark.parametrize("limits", [b"m=1048576,t=4", b"m=524288,t=8"])
+def test_libsodiums_sensitive_limits_are_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: bytes
+) -> None:
+    # The cap is libsodium's most expensive preset (argon2id and argon2i
+    # "sensitive"): entries made with it are checked as usual.
+    sensitive = _argon2(b"pw", "argon2id", 1, 8).replace(b"m=8,t=1", limits)
+    checked: list[bytes] = []
+    monkeypatch.setattr(_passwords, "_verify_hash", lambda e, p: checked.append(e) or False)
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"admin=" + sensitive + b"\n")
+    assert PasswordFile(path).check(b"admin", b"pw") == b"wrong password"
+    assert checked == [sensitive]
+
+
 def test_an_entry_libsodium_cannot_read_is_refused_and_breaks_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
