@@ -4,7 +4,8 @@ Run: .venv/bin/python bench/bench_passwords.py [--rounds N] [--cases a,b,...]
 
 For each kind of password file (argon2id entries with libsodium's
 interactive limits, which ``zsec passwd`` uses; argon2id with the moderate
-limits; argon2i with its interactive limits; a mixed file), a zsec.Auth
+limits; argon2i with its interactive limits; argon2id with 4 lanes, as
+argon2-cffi writes; a mixed file), a zsec.Auth
 serves PLAIN on tcp://127.0.0.1 and a client logs in as a known user with a
 wrong password and as a never-seen user, alternately, ``--rounds`` times
 each. Each sample is one whole handshake (connect to refusal), timed with
@@ -49,14 +50,16 @@ def _entries(kind: str, password: bytes) -> list[bytes]:
         return [moderate] * USERS
     if kind == "argon2i":
         return [i.str(password)] * USERS
+    if kind == "lanes4":  # argon2-cffi's default shape (p=4), which libsodium checks
+        return [interactive.replace(b",p=1$", b",p=4$")] * USERS
     if kind == "mixed":  # one user in four with the argon2i entry
         return [interactive] * (USERS - 1) + [i.str(password)]
     raise SystemExit(f"unknown case {kind}")
 
 
-CASES = ("interactive", "moderate", "argon2i", "mixed")
+CASES = ("interactive", "moderate", "argon2i", "lanes4", "mixed")
 # Moderate hashes take about ten times as long: fewer rounds keep the run short.
-ROUNDS = {"interactive": 40, "moderate": 12, "argon2i": 40, "mixed": 40}
+ROUNDS = {"interactive": 40, "moderate": 12, "argon2i": 40, "lanes4": 40, "mixed": 40}
 
 
 def _handshake_seconds(ctx: zmq.Context[Any], endpoint: str, user: str) -> float:

@@ -16,6 +16,11 @@ import zsec
 
 from .helpers import CZMQ_FIXTURES
 
+# Tests write files with the modes of a umask 022 system. Under the umask 002
+# of many desktop accounts (user private groups) every file they write would
+# be group-writable, which the strict owner/mode checks rightly refuse.
+os.umask(0o022)
+
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -220,3 +220,41 @@ class TcpCutter:
         self._closed = True
         self.cut()
         self._listener.close()
+
+
+@contextmanager
+def watch_opens(path: Path) -> Iterator[Callable[[], int]]:
+    """Count the opens of ``path`` (inotify IN_OPEN): yields a function that returns them so far.
+
+    Linux only. Events are queued by the kernel during the open itself, so
+    the count is exact when the call that opened has returned.
+    """
+    import ctypes
+    import os
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        pytest.skip("inotify is not available")
+    try:
+        if libc.inotify_add_watch(fd, os.fsencode(path), 0x20) < 0:  # IN_OPEN
+            raise OSError(ctypes.get_errno(), "inotify_add_watch failed")
+        seen = 0
+
+        def count() -> int:
+            nonlocal seen
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return seen
+            offset = 0
+            while offset < len(data):
+                _, mask, _, size = struct.unpack_from("iIII", data, offset)
+                seen += bool(mask & 0x20)
+                offset += 16 + size
+            return seen
+
+        yield count
+    finally:
+        os.close(fd)

@@ -48,11 +48,26 @@ def test_czmq_file_alone_loads_as_czmq_reads_it(entry: dict, tmp_path: Path) -> 
     assert cert.meta_keys() == entry["metadata_keys_order"]
 
 
+def _copy_pair(public: Path, directory: Path) -> Path:
+    """Copy a certificate and its secret file with the modes CZMQ gives them.
+
+    A checkout made under umask 002 leaves the fixtures group-writable,
+    which ``Cert.load`` refuses for a secret file.
+    """
+    directory.mkdir(exist_ok=True)
+    copy = directory / public.name
+    shutil.copy(public, copy)
+    shutil.copy(f"{public}_secret", f"{copy}_secret")
+    copy.chmod(0o644)
+    Path(f"{copy}_secret").chmod(0o600)
+    return copy
+
+
 @pytest.mark.parametrize(
     "entry", [e for e in LOADABLE if "in_place_secret_key" in e], ids=lambda e: e["file"]
 )
-def test_czmq_public_path_reads_the_secret_file_beside_it(entry: dict) -> None:
-    cert = zsec.Cert.load(CZMQ_FIXTURES / entry["file"])
+def test_czmq_public_path_reads_the_secret_file_beside_it(entry: dict, tmp_path: Path) -> None:
+    cert = zsec.Cert.load(_copy_pair(CZMQ_FIXTURES / entry["file"], tmp_path))
     assert cert.public_txt == entry["public_key"]
     assert cert.secret_txt == entry["in_place_secret_key"]
     assert cert.metadata == entry["metadata"]
@@ -77,7 +92,7 @@ def test_writer_reproduces_czmq_layout_byte_for_byte(stem: str, tmp_path: Path) 
         stamp = re.search(r"Generated on (\S+ \S+) by CZMQ", original)
         assert stamp is not None
         now = datetime.datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")
-        cert = zsec.Cert.load(CZMQ_FIXTURES / "certs" / stem)
+        cert = zsec.Cert.load(_copy_pair(CZMQ_FIXTURES / "certs" / stem, tmp_path / "in"))
         cert.save(tmp_path / stem, now=now)
         written = (tmp_path / (stem + suffix)).read_text()
         assert written == original.replace("by CZMQ", "by zsec")
@@ -91,6 +106,9 @@ def test_pyzmq_certificates_load_in_zsec(tmp_path: Path) -> None:
         str(tmp_path), "server", metadata={"name": "Srv One", "role": "hub # main"}
     )
     pub, sec = zmq.auth.load_certificate(secret_file)
+    # pyzmq leaves the secret file to the umask: under umask 002 it would be
+    # group-writable, which Cert.load refuses (with "fix: chmod go-w").
+    os.chmod(secret_file, 0o600)
     cert = zsec.Cert.load(public_file)  # reads server.key_secret beside it
     assert cert.public_txt.encode() == pub
     assert cert.secret_txt is not None and cert.secret_txt.encode() == sec
@@ -448,3 +466,39 @@ def test_apply_sets_curve_keys_that_complete_a_handshake() -> None:
             server_cert.apply("not a socket")
     finally:
         ctx.destroy(linger=0)
+
+
+# -- the secret file beside a public one ------------------------------------
+
+
+def test_load_refuses_a_secret_file_that_holds_another_key_than_its_public_file(
+    tmp_path: Path,
+) -> None:
+    # Whoever can create <path>_secret (a shared or careless directory) would
+    # otherwise swap in a keypair they know for the server's own.
+    mine, planted = zsec.Cert(), zsec.Cert()
+    mine.save_public(tmp_path / "server.key")
+    planted.save_secret(tmp_path / "server.key_secret")
+    with pytest.raises(zsec.CertificateError) as info:
+        zsec.Cert.load(tmp_path / "server.key")
+    assert "server.key_secret" in str(info.value)
+    assert planted.secret_txt not in str(info.value)
+    mine.save(tmp_path / "server.key")  # the pair belongs together again
+    assert zsec.Cert.load(tmp_path / "server.key") == mine
+
+
+def test_load_refuses_a_secret_file_others_can_write(tmp_path: Path) -> None:
+    cert = zsec.Cert()
+    cert.save(tmp_path / "server.key")
+    secret = tmp_path / "server.key_secret"
+    secret.chmod(0o666)
+    with pytest.raises(zsec.FileAccessError, match="chmod go-w"):
+        zsec.Cert.load(tmp_path / "server.key")
+    secret.chmod(0o600)
+    assert zsec.Cert.load(tmp_path / "server.key") == cert
+
+
+def test_load_reads_a_secret_file_alone_when_there_is_no_public_file(tmp_path: Path) -> None:
+    cert = zsec.Cert()
+    cert.save_secret(tmp_path / "only.key_secret")
+    assert zsec.Cert.load(tmp_path / "only.key") == cert

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 import zsec
-from zsec._files import write_atomic
+from zsec._files import read_regular, write_atomic
 from zsec._passwords import set_password
 
-from .helpers import fast_hash
+from .helpers import fast_hash, watch_opens
 
 
 def test_a_replaced_secret_file_belongs_to_its_writer(tmp_path: Path) -> None:
@@ -85,3 +85,31 @@ def test_no_reader_blocks_on_a_fifo(tmp_path: Path) -> None:
     os.replace(tmp_path / "other.key", tmp_path / "server.key")
     # The secret file is a FIFO: Cert.load falls back to the public file.
     assert zsec.Cert.load(tmp_path / "server.key").public_key == cert.public_key
+
+
+def test_the_reader_never_opens_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    # Opening is not harmless for everything that is not a file: it releases
+    # a writer waiting on a FIFO, arms /dev/watchdog, rewinds a tape. The
+    # reader refuses such a path before opening it (and checks again after).
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(fifo)
+    with watch_opens(fifo) as opens:
+        for path in (fifo, link):
+            with pytest.raises(zsec.FileAccessError) as refused:
+                read_regular(str(path), 1024, "certificate")
+            assert str(refused.value) == f"certificate {path} is not a regular file"
+            assert refused.value.errno is None
+        directory = os.open(tmp_path, os.O_RDONLY)
+        try:
+            with pytest.raises(zsec.FileAccessError, match="not a regular file"):
+                read_regular(str(fifo), 1024, dir_fd=directory, name="fifo")
+        finally:
+            os.close(directory)
+        assert opens() == 0
+    regular = tmp_path / "regular"
+    regular.write_bytes(b"data")
+    with watch_opens(regular) as opens:
+        assert read_regular(str(regular), 1024)[0] == b"data"
+        assert opens() == 1  # the watch sees opens: the zero above means none

@@ -132,6 +132,28 @@ def test_password_file_reloads_when_changed(tmp_path: Path) -> None:
     assert passwords.check(b"admin", b"one") == b"wrong password"
 
 
+def test_a_password_changed_in_place_within_one_timestamp_tick_is_still_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a file system with whole-second timestamps (ext4 with small inodes,
+    # ext3, many NFS servers; any Linux before 6.13 with a jiffy of 4 ms), an
+    # in-place rewrite of the same size right after a read leaves every stat
+    # field as it was: the old password would stay valid until the next change.
+    def whole_seconds(st: os.stat_result) -> tuple[int, ...]:
+        return (st.st_dev, st.st_ino, int(st.st_mtime), int(st.st_ctime), st.st_size)
+
+    monkeypatch.setattr(_passwords, "stat_signature", whole_seconds)
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"admin=old-password\n")
+    passwords = PasswordFile(path, check_interval=0)
+    before = path.stat()
+    with open(path, "r+b") as handle:  # same size, same inode
+        handle.write(b"admin=new-password\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert passwords.check(b"admin", b"old-password") == b"wrong password"
+    assert passwords.check(b"admin", b"new-password") == b""
+
+
 def test_a_line_being_written_is_not_trusted_yet(tmp_path: Path) -> None:
     path = tmp_path / "p.txt"
     path.write_bytes(b"admin=complete\nnewuser=sec")  # cut mid-write: "sec" of "secret"
@@ -359,6 +381,38 @@ def test_a_password_file_owned_by_another_user_is_refused(tmp_path: Path) -> Non
         PasswordFile(path)
 
 
+def test_a_password_file_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    # Whoever can write the directory can replace the file with a symlink to
+    # any file of ours that has name=value lines (an .env file), or remove it.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = shared / "p.txt"
+    path.write_bytes(b"admin=secret\n")
+    path.chmod(0o600)
+    shared.chmod(0o777)
+    with pytest.raises(zsec.FileAccessError, match=r"directory .*chmod go-w .*strict=False"):
+        PasswordFile(path)
+    link = tmp_path / "link.txt"  # a trusted name that leads into it is no better
+    link.symlink_to(path)
+    with pytest.raises(zsec.FileAccessError, match=r"directory .*chmod go-w"):
+        PasswordFile(link)
+    assert PasswordFile(path, strict=False).check(b"admin", b"secret") == b""
+
+
+def test_a_password_directory_opened_to_others_later_admits_nobody_until_fixed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "etc" / "p.txt"
+    path.parent.mkdir()
+    path.write_bytes(b"admin=secret\n")
+    path.chmod(0o600)
+    passwords = PasswordFile(path, check_interval=0)
+    path.parent.chmod(0o777)
+    assert passwords.check(b"admin", b"secret") == b"password file unavailable"
+    path.parent.chmod(0o755)
+    assert passwords.check(b"admin", b"secret") == b""
+
+
 def test_a_password_file_opened_to_others_later_admits_nobody_until_fixed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -492,16 +546,106 @@ def test_a_missing_password_file_is_named_once_in_plain_words(
     assert said == [f"password file {path} does not exist; nobody is admitted until it is fixed"]
 
 
-def test_an_entry_with_limits_libsodium_refuses_gets_no_decoy_and_breaks_nothing(
+@pytest.mark.parametrize(
+    ("variant", "passes", "lanes"), [("argon2i", 1, 1), ("argon2id", 1, 4), ("argon2i", 3, 4)]
+)
+def test_entries_libsodium_checks_but_cannot_make_still_get_a_decoy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, passes: int, lanes: int
+) -> None:
+    # argon2-cffi writes p=4 by default, other tools argon2i with 1 pass:
+    # libsodium checks such entries at full cost, so an unknown user must
+    # pay the same, though libsodium cannot make a string like them.
+    entry = (_argon2(b"pw", variant, 3, 8).replace(b",t=3,", b",t=%d," % passes)).replace(
+        b",p=1$", b",p=%d$" % lanes
+    )
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"odd=" + entry + b"\nplain=clear\n")
+    passwords = PasswordFile(path)
+    checked: list[bytes] = []
+    monkeypatch.setattr(_passwords, "_verify_hash", lambda e, p: checked.append(e) or False)
+    for user in (b"odd", b"nobody", b"plain"):
+        checked.clear()
+        passwords.check(user, b"guess")
+        assert [_params(e) for e in checked] == [_params(entry)], user
+    assert checked[0] != entry  # a decoy, never the real entry
+    monkeypatch.undo()
+    assert passwords.check(b"plain", b"clear") == b""
+
+
+@pytest.mark.parametrize(
+    "limits", [b"m=4194304,t=1", b"m=8,t=4294967295", b"m=1048576,t=5", b"m=9999999999,t=1"]
+)
+def test_an_entry_with_absurd_limits_is_refused_without_running_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, limits: bytes
+) -> None:
+    # Run on the authenticator thread, m=4194304 (4 GiB) or t=4294967295
+    # would stall every login or exhaust memory: a file writer (or a careless
+    # copy from another system) must not be able to do that.
+    absurd = _argon2(b"pw", "argon2id", 1, 8).replace(b"m=8,t=1", limits)
+    normal = _argon2(b"pw", "argon2id", 1, 8)
+    checked: list[bytes] = []
+    monkeypatch.setattr(_passwords, "_verify_hash", lambda e, p: checked.append(e) or False)
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"big=" + absurd + b"\nnormal=" + normal + b"\n")
+    passwords = PasswordFile(path)
+    assert passwords.check(b"big", b"pw") == b"wrong password"
+    assert passwords.check(b"nobody", b"pw") == b"unknown user"
+    assert checked and all(limits not in e for e in checked)  # timed by the normal decoy
+    assert "1 hashed password entry refused" in caplog.text
+    assert absurd.decode() not in caplog.text
+
+
+@pytest.mark.parametrize("limits", [b"m=1048576,t=4", b"m=524288,t=8"])
+def test_libsodiums_sensitive_limits_are_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: bytes
+) -> None:
+    # The cap is libsodium's most expensive preset (argon2id and argon2i
+    # "sensitive"): entries made with it are checked as usual.
+    sensitive = _argon2(b"pw", "argon2id", 1, 8).replace(b"m=8,t=1", limits)
+    checked: list[bytes] = []
+    monkeypatch.setattr(_passwords, "_verify_hash", lambda e, p: checked.append(e) or False)
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"admin=" + sensitive + b"\n")
+    assert PasswordFile(path).check(b"admin", b"pw") == b"wrong password"
+    assert checked == [sensitive]
+
+
+def test_an_entry_libsodium_cannot_read_is_refused_and_breaks_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # argon2i needs at least 3 passes: a string claiming 1 (another tool's,
-    # or edited) cannot be imitated, which is said once, and checks go on.
-    odd = _argon2(b"pw", "argon2i", 3, 8).replace(b",t=3,", b",t=1,")
     path = tmp_path / "p.txt"
-    path.write_bytes(b"odd=" + odd + b"\nplain=clear\n")
+    path.write_bytes(b"odd=$argon2id$v=19$garbage\nplain=clear\n")
     passwords = PasswordFile(path)
     assert passwords.check(b"nobody", b"pw") == b"unknown user"
     assert passwords.check(b"odd", b"pw") == b"wrong password"
     assert passwords.check(b"plain", b"clear") == b""
-    assert "no decoy for argon2 entries with t=1, m=8 KiB" in caplog.text
+    assert "1 hashed password entry refused" in caplog.text
+
+
+@pytest.mark.parametrize("interval", [float("nan"), float("inf"), -1.0])
+def test_a_check_interval_that_would_stop_reloads_is_refused(
+    tmp_path: Path, interval: object
+) -> None:
+    # NaN made every later "is it time to look again?" false: a removed
+    # user stayed admitted for the life of the process.
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"admin=pw\n")
+    with pytest.raises(zsec.ZsecValueError, match="check_interval"):
+        PasswordFile(path, check_interval=interval)  # type: ignore[arg-type]
+
+
+def test_every_decoy_is_an_argon2_string_libsodium_accepts(tmp_path: Path) -> None:
+    # libsodium refuses base64 whose unused last bits are not zero, before
+    # any hashing: a decoy with such a salt or hash costs nothing, and an
+    # unknown user answers at once where a known one pays argon2.
+    import base64
+
+    entries = [_argon2(b"pw", "argon2id", 1, 8), _argon2(b"pw", "argon2i", 3, 8)]
+    entries.append(entries[0].replace(b",p=1$", b",p=4$"))
+    for _ in range(20):
+        for decoy in _passwords.PasswordTable(
+            {f"u{i}": e for i, e in enumerate(entries)}
+        )._state.decoys:
+            for part in decoy.split(b"$")[4:]:
+                again = base64.b64encode(base64.b64decode(part + b"=" * (-len(part) % 4)))
+                assert again.rstrip(b"=") == part, decoy

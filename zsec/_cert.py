@@ -17,7 +17,16 @@ from ._errors import (
     ZplError,
     ZsecTypeError,
 )
-from ._files import PUBLIC_MODE, SECRET_MODE, current_umask, fspath, read_capped, write_atomic
+from ._files import (
+    PUBLIC_MODE,
+    SECRET_MODE,
+    current_umask,
+    fspath,
+    mode_problem,
+    read_capped,
+    read_regular,
+    write_atomic,
+)
 from ._keys import coerce_key, generate_keypair, public_from_secret, z85_decode, z85_encode
 
 #: Largest certificate file zsec reads.
@@ -232,21 +241,39 @@ class Cert:
         """Load a certificate file written by zsec, CZMQ, pyzmq or JeroMQ.
 
         Reads ``<path>_secret`` when it exists and can be read (as CZMQ
-        does), else ``path``. A secret key is checked against its public key.
-        Raises ``FileAccessError`` when no file can be read and
-        ``CertificateError`` when the file is not a valid certificate.
+        does), else ``path``. A secret key is checked against its public key,
+        and against the key in ``path`` when both files exist. Raises
+        ``FileAccessError`` when no file can be read or the secret file is
+        writable by group or others or owned by another user than this
+        process's or root, and ``CertificateError`` when a file is not a
+        valid certificate or the two files hold different keys.
         """
         path = fspath(path, "certificate path")
         secret_path = path + "_secret"
         try:
-            data = read_capped(secret_path, MAX_CERT_BYTES, "certificate")
-            used = secret_path
+            data, st = read_regular(secret_path, MAX_CERT_BYTES, "certificate")
         except FileAccessError:
-            data = read_capped(path, MAX_CERT_BYTES, "certificate")
-            used = path
-        cert = cls.from_bytes(data, used)
-        # Not secret: lets an error name the file (read with getattr: unset elsewhere).
+            cert = cls.from_bytes(read_capped(path, MAX_CERT_BYTES, "certificate"), path)
+            # Not secret: lets an error name the file (read with getattr: unset elsewhere).
+            cert._path = path
+            return cert
+        # Whoever could write or plant the secret file would choose the keys
+        # this process then uses: the same rule as for trusted certificates,
+        # and it must hold the key of the public file beside it, if any.
+        problem = mode_problem(st, secret_path, "secret certificate file", "Cert.from_bytes")
+        if problem is not None:
+            raise FileAccessError(problem, filename=secret_path)
+        cert = cls.from_bytes(data, secret_path)
         cert._path = path
+        try:
+            public = cls.from_bytes(read_capped(path, MAX_CERT_BYTES, "certificate"), path)
+        except FileAccessError:
+            return cert
+        if not hmac.compare_digest(public.public_key, cert.public_key):
+            raise CertificateError(
+                f"{secret_path} holds another key than {path} beside it; "
+                "save both again with Cert.save, or remove the one that is wrong"
+            )
         return cert
 
     @classmethod

@@ -74,11 +74,17 @@ def read_regular(
     when it cannot be opened or read; without one when it is not a regular
     file (a FIFO, a device, a directory) or is larger than ``limit``.
     """
+    target = path if dir_fd is None or name is None else name
     try:
-        if dir_fd is None:
-            fd = os.open(path, _OPEN_FLAGS)
-        else:
-            fd = os.open(name if name is not None else path, _OPEN_FLAGS, dir_fd=dir_fd)
+        # Opening is not harmless for what is not a file (it releases a
+        # writer waiting on a FIFO, arms /dev/watchdog, rewinds a tape), so
+        # refuse those before opening; the fstat below checks again what
+        # was actually opened, in case the path changed in between.
+        if not stat.S_ISREG(os.stat(target, dir_fd=dir_fd).st_mode):
+            raise FileAccessError(f"{what} {path} is not a regular file", filename=path)
+        fd = os.open(target, _OPEN_FLAGS, dir_fd=dir_fd)
+    except FileAccessError:
+        raise
     except OSError as exc:
         raise FileAccessError(
             f"cannot read {what} {path}: {exc.strerror or exc}", errno=exc.errno, filename=path

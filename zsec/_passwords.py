@@ -12,11 +12,12 @@ usernames exist.
 
 from __future__ import annotations
 
+import base64
 import errno
-import functools
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-from ._errors import FileAccessError, PasswordError, ZsecError, ZsecTypeError
+from ._errors import FileAccessError, PasswordError, ZsecError, ZsecTypeError, ZsecValueError
 from ._files import (
     SECRET_MODE,
     fspath,
@@ -191,6 +192,10 @@ class _PasswordSet:
         remembered = state.verified.get(username)
         if remembered is not None and hmac.compare_digest(given, remembered):
             return b""
+        if _usable(entry) is None:
+            # Refused when loaded (and said then): never run, timed as a refusal.
+            _run_decoy(state.decoys, username, password)
+            return b"wrong password"
         if _verify_hash(entry, password):
             state.verified[username] = given
             return b""
@@ -215,32 +220,85 @@ class _PasswordSet:
                 log.exception("password change listener failed")
 
 
-# argon2 strings as libsodium writes them: the variant, then memory (KiB),
-# passes and lanes (libsodium always uses one lane).
-_HASH_PARAMS = re.compile(rb"\$(argon2id|argon2i)\$v=19\$m=([0-9]{1,10}),t=([0-9]{1,10}),p=1\$")
+# The limits of an argon2 string: the variant, then memory (KiB), passes and
+# lanes. libsodium checks any lane count (other tools, argon2-cffi among
+# them, write p=4), though it makes only p=1 strings itself.
+_HASH_PARAMS = re.compile(
+    rb"\$(argon2id|argon2i)\$v=19\$m=([0-9]{1,10}),t=([0-9]{1,10}),p=([0-9]{1,10})"
+    rb"\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)"
+)
+#: Most memory an entry may ask for: libsodium's "sensitive" limit, 1 GiB.
+MAX_HASH_KIB = 1 << 20
+#: Most work (memory in KiB times passes) an entry may ask for: the most any
+#: of libsodium's presets asks, 4 GiB-passes (a few seconds of one core).
+MAX_HASH_WORK = 4 << 20
+
+
+def _usable(entry: bytes) -> re.Match[bytes] | None:
+    """The parts of an argon2 entry zsec will run, or None.
+
+    An entry is run on the authenticator thread, so one whose limits ask for
+    more than ``MAX_HASH_KIB`` of memory or ``MAX_HASH_WORK`` of work (a
+    planted ``m=4194304`` or ``t=4294967295``) would stall every login or
+    exhaust memory: such an entry is refused without running it.
+    """
+    match = _HASH_PARAMS.fullmatch(entry)
+    if match is None:
+        return None
+    kib, passes = int(match.group(2)), int(match.group(3))
+    if kib > MAX_HASH_KIB or kib * passes > MAX_HASH_WORK:
+        return None
+    return match
 
 
 def _decoys_for(entries: Iterable[bytes]) -> tuple[bytes, ...]:
-    """One decoy per hashed entry, made with that entry's own variant and limits.
+    """One decoy per hashed entry: the entry with its salt and hash replaced by random ones.
 
     A refusal that runs no real hash (an unknown user, a wrong clear-text
     password) verifies against the decoy picked by its username: unknown
     names then fall on each parameter set in the proportion that real users
-    do, so an unknown user costs what a known user with a wrong password costs.
-    Entries of the same parameters share one decoy, made once per process.
+    do, so an unknown user costs what a known user with a wrong password
+    costs. Keeping the entry's own text around the random parts keeps every
+    limit (variant, memory, passes, lanes, lengths), including those
+    libsodium can check but not make (several lanes, argon2i with fewer
+    than 3 passes), and costs nothing to make. Entries of the same limits
+    and lengths share one decoy.
     """
     decoys = []
+    made: dict[tuple[bytes, int, int], bytes] = {}  # one per limits and lengths
+    refused = 0
     for entry in entries:
         if len(entry) == _DIGEST_BYTES:
             continue
-        match = _HASH_PARAMS.match(entry)
+        match = _usable(entry)
         if match is None:
-            continue  # not a hash libsodium can check: it is refused at once
-        variant, kib, passes = match.group(1), int(match.group(2)), int(match.group(3))
-        decoy = _decoy_hash(variant, passes, kib)
-        if decoy is not None:
-            decoys.append(decoy)
+            refused += 1
+            continue
+        shape = (entry[: match.start(5)], len(match.group(5)), len(match.group(6)))
+        decoy = made.get(shape)
+        if decoy is None:
+            decoy = made[shape] = shape[0] + _random_b64(shape[1]) + b"$" + _random_b64(shape[2])
+        decoys.append(decoy)
+    if refused:
+        log.warning(
+            "%d hashed password entr%s refused: not an argon2 string libsodium can check, or "
+            "limits above m=%d KiB or %d KiB-passes; fix: hash them again with zsec passwd",
+            refused,
+            "y" if refused == 1 else "ies",
+            MAX_HASH_KIB,
+            MAX_HASH_WORK,
+        )
     return tuple(decoys)
+
+
+def _random_b64(chars: int) -> bytes:
+    """Random unpadded base64 of ``chars`` characters (as long as the part it replaces).
+
+    Made by encoding whole random bytes, so the unused bits of the last
+    character are zero: libsodium refuses any other base64 before hashing,
+    and a decoy it refuses would cost nothing.
+    """
+    return base64.b64encode(secrets.token_bytes(chars * 3 // 4)).rstrip(b"=")
 
 
 def _run_decoy(decoys: tuple[bytes, ...], username: bytes, password: bytes) -> None:
@@ -248,25 +306,6 @@ def _run_decoy(decoys: tuple[bytes, ...], username: bytes, password: bytes) -> N
         pick = _PICK_MAC.copy()
         pick.update(username)
         _verify_hash(decoys[int.from_bytes(pick.digest(), "big") % len(decoys)], password)
-
-
-@functools.lru_cache(maxsize=64)
-def _decoy_hash(variant: bytes, passes: int, kib: int) -> bytes | None:
-    """A valid argon2 string of a random password with these parameters, or None if invalid."""
-    from nacl import pwhash
-
-    module = pwhash.argon2id if variant == b"argon2id" else pwhash.argon2i
-    try:
-        return bytes(module.str(secrets.token_bytes(16), opslimit=passes, memlimit=kib * 1024))
-    except Exception as exc:  # noqa: BLE001 - limits libsodium refuses, or memory it cannot get
-        log.warning(
-            "no decoy for argon2 entries with t=%d, m=%d KiB (%s): unknown users may be "
-            "told from known ones by timing",
-            passes,
-            kib,
-            type(exc).__name__,
-        )
-        return None
 
 
 class PasswordTable(_PasswordSet):
@@ -336,7 +375,8 @@ class PasswordFile(_PasswordSet):
     so a FIFO or device in its place cannot hang the authenticator.
 
     With ``strict=True`` (the default) the file is refused when group or
-    others can write it or when it is owned by another user than this
+    others can write it or its directory (the one named, and the one a
+    symlink leads to), or when either is owned by another user than this
     process's or root, as ``CertStore`` refuses such certificates: either
     would let someone else add a user. ``strict=False`` turns the check off.
     A clear-text entry in a file that others can read is used, with a warning.
@@ -346,6 +386,9 @@ class PasswordFile(_PasswordSet):
         super().__init__()
         self.path = fspath(path, "password file path")
         self._interval = float(check_interval)
+        if not 0 <= self._interval < math.inf:  # also false for NaN
+            # NaN or infinity would stop reloads: a removed user stays admitted.
+            raise ZsecValueError("check_interval must be a finite number of seconds, 0 or more")
         self._strict = bool(strict)
         self._signature: tuple[int, ...] | None = None
         self._next_check = 0.0
@@ -370,24 +413,32 @@ class PasswordFile(_PasswordSet):
     def _load(self, *, raise_errors: bool) -> None:
         with self._lock:
             try:
+                # Whoever can write a directory on the way can swap the file
+                # for a symlink to any file of ours, so, with strict, the
+                # directory named and the one the file really is in count too.
+                folders = [(d, os.stat(d)) for d in _folders(self.path)] if self._strict else []
+                around = tuple(n for _, f in folders for n in stat_signature(f))
                 # A stat never blocks and tells whether anything changed; the
                 # signature kept is the one of the file actually read.
-                if stat_signature(os.stat(self.path)) == self._signature:
+                if stat_signature(os.stat(self.path)) + around == self._signature:
                     return
                 data, st = read_regular(self.path, MAX_PASSWORD_FILE_BYTES, "password file")
             except (OSError, ZsecError) as exc:
                 self._refuse(_unreadable(self.path, exc), raise_errors)
                 return
-            problem = (
-                mode_problem(st, self.path, "password file", "PasswordFile(..., strict=False)")
-                if self._strict
-                else None
-            )
+            problem = None
+            if self._strict:
+                opt_out = "PasswordFile(..., strict=False)"
+                problem = mode_problem(st, self.path, "password file", opt_out)
+                for folder, folder_st in folders:
+                    problem = problem or mode_problem(
+                        folder_st, folder, "password file directory", opt_out
+                    )
             if problem is not None:
                 self._refuse(problem, raise_errors)
-                # The same file is not judged again until it changes (a chmod
-                # or chown changes its signature).
-                self._signature = stat_signature(st)
+                # The same file is not judged again until it or its directory
+                # changes (a chmod or chown changes the signature).
+                self._signature = stat_signature(st) + around
                 return
             settled = time.time() - st.st_mtime >= _SETTLE_SECONDS
             complete = settled or data.endswith(b"\n") or not data
@@ -396,8 +447,10 @@ class PasswordFile(_PasswordSet):
             if self._state.problem:
                 log.warning("password file %s is usable again", self.path)
             self._publish(entries)
-            # Until the file settles, keep looking: its last line may grow.
-            self._signature = stat_signature(st) if complete else None
+            # Until the file settles, keep looking: its last line may grow,
+            # and a same-size rewrite within the file system's timestamp
+            # tick would leave every stat field as it is now.
+            self._signature = stat_signature(st) + around if settled else None
             self._say_findings(st, entries, ignored)
             log.debug("loaded %d user(s) from %s", len(entries), self.path)
 
@@ -436,6 +489,13 @@ class PasswordFile(_PasswordSet):
                 self.path,
             )
         self._said_readable = readable
+
+
+def _folders(path: str) -> list[str]:
+    """The directory a path names and the one its file really is in (one if they are the same)."""
+    named = os.path.dirname(os.path.abspath(path))
+    real = os.path.dirname(os.path.realpath(path))
+    return [named] if named == real else [named, real]
 
 
 def _unreadable(path: str, exc: BaseException) -> str:
