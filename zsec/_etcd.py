@@ -89,6 +89,21 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"  # etcd: every key >= key
 
 
+def check_prefix(prefix: str | bytes) -> bytes:
+    """``prefix`` as bytes; raises ``ZsecValueError`` unless it ends with "/".
+
+    etcd prefixes are byte prefixes: ``/zsec/certs`` also covers
+    ``/zsec/certs2/...``, a neighbour's keys (and whoever may write them).
+    """
+    raw = prefix.encode("utf-8", "surrogateescape") if isinstance(prefix, str) else bytes(prefix)
+    if not raw.endswith(b"/"):
+        raise ZsecValueError(
+            f"an etcd prefix must end with '/' (such as /zsec/certs/), not {prefix!r}: "
+            "without it, keys of any prefix that merely starts alike would be read too"
+        )
+    return raw
+
+
 @dataclass(frozen=True)
 class EtcdSettings:
     """Where etcd is and how to log in: endpoints, TLS files, user and password.
@@ -470,9 +485,7 @@ class Follower:
         if max_outage is not None and not 0 <= max_outage < float("inf"):
             raise ZsecValueError("max_outage must be a number of seconds >= 0, or None")
         self.settings = settings
-        self.prefix = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
-        if not self.prefix:
-            raise ZsecValueError("an etcd prefix cannot be empty; use one such as /zsec/certs/")
+        self.prefix = check_prefix(prefix)
         self.max_outage = max_outage
         _client_modules()  # fail now, not in the thread, when the extra is missing
         self._on_reset, self._on_update, self._on_ready = on_reset, on_update, on_ready

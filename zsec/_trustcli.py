@@ -31,6 +31,7 @@ from ._etcd import (
     EtcdConnection,
     EtcdSettings,
     cert_from_entry,
+    check_prefix,
     check_user_entry,
 )
 from ._files import read_capped
@@ -348,6 +349,7 @@ def _with_prefix(run: Any, default: str) -> Any:
     def wrapped(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
         if args.prefix is None:
             args.prefix = default
+        check_prefix(args.prefix)
         return int(run(args, stdin, stdout))
 
     return wrapped

@@ -1,0 +1,99 @@
+"""The etcd trust sources against hostile or careless writers: what must never be trusted."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import zsec
+from zsec._etcd import EtcdSettings, EtcdSource
+
+from .helpers import wait_for
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/h/{uuid.uuid4().hex}/"
+
+
+@pytest.fixture
+def etcd(etcd_server: Any) -> Iterator[Any]:
+    if etcd_server.proc is None:
+        etcd_server.start()
+    yield etcd_server
+
+
+def put(server: Any, puts: dict[str, bytes], deletes: tuple[str, ...] = ()) -> int:
+    with EtcdSettings((server.endpoint,)).connect() as conn:
+        return conn.txn({k.encode(): v for k, v in puts.items()}, [d.encode() for d in deletes])
+
+
+def keys_of(store: zsec.CertStore) -> set[str]:
+    return {cert.public_txt for cert in store}
+
+
+def test_a_rotation_in_one_transaction_trusts_the_new_key_and_drops_the_old(
+    etcd: Any, prefix: str
+) -> None:
+    old, new = zsec.Cert(), zsec.Cert()
+    put(etcd, {prefix + old.public_txt: old.public_txt.encode()})
+    store = zsec.CertStore(EtcdSource(etcd.endpoint, prefix=prefix))
+    try:
+        assert store.wait_ready(10)
+        assert keys_of(store) == {old.public_txt}
+        revision = put(
+            etcd, {prefix + new.public_txt: new.public_txt.encode()}, (prefix + old.public_txt,)
+        )
+        wait_for(lambda: store._source.revision >= revision, what="the rotation")  # type: ignore[attr-defined]
+        assert keys_of(store) == {new.public_txt}
+    finally:
+        store.close()
+
+
+def test_a_good_entry_rewritten_with_garbage_stops_trusting_its_old_key(
+    etcd: Any, prefix: str
+) -> None:
+    cert = zsec.Cert()
+    named = zsec.Cert()
+    put(
+        etcd,
+        {
+            prefix + cert.public_txt: cert.public_txt.encode(),
+            prefix + "alice": named.public_txt.encode(),
+        },
+    )
+    store = zsec.CertStore(EtcdSource(etcd.endpoint, prefix=prefix))
+    try:
+        assert store.wait_ready(10)
+        assert keys_of(store) == {cert.public_txt, named.public_txt}
+        revision = put(
+            etcd, {prefix + cert.public_txt: b"garbage", prefix + "alice": b"\xff" * 5000}
+        )
+        wait_for(lambda: store._source.revision >= revision, what="the rewrite")  # type: ignore[attr-defined]
+        assert keys_of(store) == set()
+    finally:
+        store.close()
+
+
+def test_a_sibling_prefix_that_merely_starts_alike_is_never_followed(
+    etcd: Any, prefix: str
+) -> None:
+    outsider = zsec.Cert()
+    put(etcd, {prefix + "certs2/" + outsider.public_txt: outsider.public_txt.encode()})
+    with pytest.raises(zsec.ZsecValueError, match="end with '/'"):
+        EtcdSource(etcd.endpoint, prefix=prefix + "certs")
+
+
+def test_trust_refuses_a_prefix_that_does_not_end_with_a_slash(etcd: Any) -> None:
+    import io
+
+    from zsec.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    args = ["trust", "list", "--endpoints", etcd.endpoint, "--prefix", "/zsec/certs"]
+    code = main(args, stdin=io.StringIO(), stdout=out, stderr=err)
+    assert code != 0
+    assert "must end with '/'" in err.getvalue()
