@@ -97,3 +97,20 @@ def test_trust_refuses_a_prefix_that_does_not_end_with_a_slash(etcd: Any) -> Non
     code = main(args, stdin=io.StringIO(), stdout=out, stderr=err)
     assert code != 0
     assert "must end with '/'" in err.getvalue()
+
+
+def test_a_fleet_ban_never_outlasts_this_servers_own_ban_length(etcd: Any, prefix: str) -> None:
+    now = [1000.0]
+    limiter = zsec.FailureLimiter(max_failures=3, window=60, ban=30, clock=lambda: now[0])
+    bans = zsec.EtcdBans(etcd.endpoint, prefix=prefix)
+    try:
+        assert bans.wait_ready(10)
+        bans.attach(limiter)
+        # A writer to the ban prefix asks for a year, without a lease.
+        put(etcd, {prefix + "10.0.0.9": b'{"seconds": 31000000}'})
+        wait_for(lambda: bans.banned == ["10.0.0.9"], what="the ban to arrive")
+        assert limiter.is_banned(b"10.0.0.9")
+        now[0] += 31
+        assert not limiter.is_banned(b"10.0.0.9")
+    finally:
+        bans.close()

@@ -1014,8 +1014,9 @@ class EtcdBans:
     ``<prefix><address>`` under an etcd lease of the ban's length, and makes
     the limiter refuse every address banned anywhere in the fleet. etcd
     deletes the key when the lease expires and the watch brings the deletion
-    to every server; a ban also ends locally at its length, so an etcd
-    outage cannot make one last forever. Bans only ever add refusals, so
+    to every server; a ban also ends locally at its length, and never lasts
+    longer than the limiter's own ``ban``, so neither an etcd outage nor a
+    writer to the prefix can make one last longer. Bans only ever add refusals, so
     while etcd is unreachable the last known bans stay in force (and this
     server's new bans stay local). The ZAP thread never waits for etcd: it
     only queues a new ban for this object's writer thread.
@@ -1143,10 +1144,12 @@ class EtcdBans:
         for limiter in self._limiters:
             now = limiter._clock()
             old = limiter.shared_bans
-            # A ban keeps its end when it is seen again; a new one ends after its length.
+            # A ban keeps its end when it is seen again; a new one ends after its
+            # length, never later than this server's own ban would: a writer to
+            # the prefix (or a key put without a lease) cannot ban for longer.
             limiter.shared_bans = {
                 a.encode("utf-8", "surrogateescape"): old.get(
-                    a.encode("utf-8", "surrogateescape"), now + s
+                    a.encode("utf-8", "surrogateescape"), now + min(s, limiter.ban)
                 )
                 for a, s in self._bans.items()
             }
