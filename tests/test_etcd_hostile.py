@@ -114,3 +114,37 @@ def test_a_fleet_ban_never_outlasts_this_servers_own_ban_length(etcd: Any, prefi
         assert not limiter.is_banned(b"10.0.0.9")
     finally:
         bans.close()
+
+
+def test_an_endpoint_of_another_etcd_cluster_is_read_again_not_resumed(
+    tmp_path: Any, prefix: str
+) -> None:
+    from .etcd_server import EtcdServer
+    from .helpers import TcpCutter
+
+    first = EtcdServer(str(tmp_path / "first")).start()
+    other = EtcdServer(str(tmp_path / "other")).start()
+    cutter = TcpCutter(first.client_port)
+    store = None
+    try:
+        old, new = zsec.Cert(), zsec.Cert()
+        put(first, {prefix + old.public_txt: old.public_txt.encode()})
+        # The other cluster never held `old`, and is ahead in revisions.
+        put(other, {prefix + new.public_txt: new.public_txt.encode()})
+        for n in range(10):
+            put(other, {f"/elsewhere/{n}": b"x"})
+        source = EtcdSource(cutter.endpoint, prefix=prefix, timeout=2)
+        store = zsec.CertStore(source)
+        assert store.wait_ready(10)
+        assert keys_of(store) == {old.public_txt}
+        cutter.cut()
+        cutter._target = other.client_port  # a DNS change, or an endpoint list mixing clusters
+        cutter.restore()
+        wait_for(lambda: keys_of(store) == {new.public_txt}, what="the other cluster's set")
+        assert source.reloads == 2
+    finally:
+        if store is not None:
+            store.close()
+        cutter.close()
+        first.stop()
+        other.stop()

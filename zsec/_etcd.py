@@ -248,6 +248,7 @@ class EtcdConnection:
         self._watch = rpc.WatchStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = ()
+        self.cluster_id = 0  # of the last snapshot read (get_prefix)
         try:
             if settings.user is not None:
                 auth = rpc.AuthStub(self._channel)
@@ -321,6 +322,7 @@ class EtcdConnection:
             reply = self._call(self._kv.Range, request)
             if revision == 0:
                 revision = int(reply.header.revision)
+                self.cluster_id = int(reply.header.cluster_id)
             for kv in reply.kvs:
                 out[kv.key] = kv.value
             if not reply.more or not reply.kvs:
@@ -400,6 +402,7 @@ class WatchStream:
         self._done = threading.Event()
         self._cancelled = False
         self.created_revision = 0  # etcd's revision when the watch was created
+        self.created_cluster = 0  # and the cluster that answered
         create = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(
                 key=prefix, range_end=prefix_end(prefix), start_revision=start_revision
@@ -435,6 +438,7 @@ class WatchStream:
                     raise EtcdUnavailable(f"etcd {self._conn.endpoint} ended the watch: {reason}")
                 if reply.created:
                     self.created_revision = int(reply.header.revision)
+                    self.created_cluster = int(reply.header.cluster_id)
                     yield []
                     continue
                 if reply.events:
@@ -491,6 +495,7 @@ class Follower:
         self._on_reset, self._on_update, self._on_ready = on_reset, on_update, on_ready
         self._name = name
         self.revision = 0  # last applied revision; 0 = no snapshot yet
+        self._cluster = 0  # etcd cluster ID of that revision's history
         self.ready = False
         self.reason = "waiting for the first load from etcd"
         self.reloads = 0
@@ -532,8 +537,8 @@ class Follower:
                 except _Compacted:
                     continue
         with self._lock:
-            if revision > self.revision:
-                self._reset(values, revision)
+            if revision > self.revision or conn.cluster_id != self._cluster:
+                self._reset(values, revision, conn.cluster_id)
 
     # -- the thread --------------------------------------------------------
 
@@ -559,6 +564,12 @@ class Follower:
                             0,
                             f"etcd is at revision {stream.created_revision}, behind "
                             f"the {self.revision} applied here",
+                        )
+                    if not batch and stream.created_cluster != self._cluster:
+                        # Another cluster (a DNS change, an endpoint list that
+                        # mixes clusters): its revisions are not ours to resume.
+                        raise _Compacted(
+                            0, f"etcd {conn.endpoint} belongs to another cluster than the last read"
                         )
                     if lost_since is not None or not self.ready:
                         lost_since = None
@@ -631,10 +642,10 @@ class Follower:
             except _Compacted:
                 continue
         with self._lock:
-            self._reset(values, revision)
+            self._reset(values, revision, conn.cluster_id)
         self._set_ready(True, "")
 
-    def _reset(self, values: dict[bytes, bytes], revision: int) -> None:
+    def _reset(self, values: dict[bytes, bytes], revision: int, cluster: int) -> None:
         cut = len(self.prefix)
         # The key equal to the prefix itself names no entry.
         entries = {
@@ -643,7 +654,7 @@ class Follower:
         self.reloads += 1
         if not self._safely(self._on_reset, entries):
             raise EtcdError(f"{self._name}: the snapshot could not be applied; retrying")
-        self.revision = revision
+        self.revision, self._cluster = revision, cluster
         log.info("%s: loaded %d entries at revision %d", self._name, len(entries), revision)
 
     def _apply(self, batch: list[Event]) -> None:
