@@ -148,3 +148,31 @@ def test_an_endpoint_of_another_etcd_cluster_is_read_again_not_resumed(
         cutter.close()
         first.stop()
         other.stop()
+
+
+def test_user_entries_that_are_not_checkable_hashes_are_refused_at_load(
+    etcd: Any, prefix: str
+) -> None:
+    from zsec._passwords import hash_password
+
+    good = hash_password(b"right-pw").decode()
+    salt, digest = "c2FsdHNhbHRzYWx0c2FsdA", "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
+    put(
+        etcd,
+        {
+            prefix + "alice": good.encode(),
+            # Looks hashed, is not: never a password, nor a silent wrong one each login.
+            prefix + "eve": b"$argon2id$hunter2",
+            # A 2 TiB, 1000-pass hash: every server would try it (and its decoy).
+            prefix + "mallory": f"$argon2id$v=19$m=2147483648,t=1,p=1${salt}${digest}".encode(),
+            prefix + "trudy": f"$argon2id$v=19$m=65536,t=1000,p=1${salt}${digest}".encode(),
+        },
+    )
+    passwords = zsec.EtcdPasswords(etcd.endpoint, prefix=prefix)
+    try:
+        assert passwords.wait_ready(10)
+        assert len(passwords) == 1
+        assert passwords.check(b"alice", b"right-pw") == b""
+        assert passwords.check(b"eve", b"hunter2") == b"unknown user"
+    finally:
+        passwords.close()

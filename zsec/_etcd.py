@@ -42,7 +42,7 @@ from ._errors import (
     ZsecValueError,
 )
 from ._keys import coerce_key, z85_decode_keys
-from ._passwords import PasswordTable, check_username
+from ._passwords import _HASH_PARAMS, PasswordTable, check_username
 from ._source import TrustFeed, TrustSource
 
 log = logging.getLogger("zsec.etcd")
@@ -886,7 +886,10 @@ class EtcdSource(TrustSource):
 
 # -- PLAIN users ---------------------------------------------------------------
 
-_HASH_PREFIXES = (b"$argon2id$", b"$argon2i$")
+# libsodium's "sensitive" limits (1 GiB; argon2i's 8 passes) are the most
+# an etcd entry may ask every server to spend on one login.
+_MAX_HASH_KIB = 1 << 20
+_MAX_HASH_PASSES = 8
 
 
 def check_user_entry(username: str, entry: bytes) -> bytes:
@@ -899,10 +902,19 @@ def check_user_entry(username: str, entry: bytes) -> bytes:
     except UnicodeEncodeError:  # a key that was not UTF-8 (decoded with surrogateescape)
         raise PasswordError("a username must be UTF-8 text") from None
     check_username(raw)
-    if not entry.startswith(_HASH_PREFIXES) or len(entry) > 512 or b"\n" in entry:
+    params = _HASH_PARAMS.match(entry)
+    if params is None or len(entry) > 512 or b"\n" in entry:
         raise PasswordError(
             f"the etcd entry for user {username!r} must be an argon2 hash string "
-            "($argon2id$...); clear-text passwords are never stored in etcd"
+            "($argon2id$v=19$m=...); clear-text passwords are never stored in etcd"
+        )
+    # Every server runs this hash (and a decoy of the same cost for unknown
+    # users) on each login: a writer must not be able to make it exhaust memory or time.
+    if int(params.group(2)) > _MAX_HASH_KIB or int(params.group(3)) > _MAX_HASH_PASSES:
+        raise PasswordError(
+            f"the etcd entry for user {username!r} asks for more than "
+            f"{_MAX_HASH_KIB // 1024} MiB or {_MAX_HASH_PASSES} passes; "
+            "hash with libsodium's interactive to sensitive limits"
         )
     return entry
 
@@ -981,7 +993,11 @@ class EtcdPasswords(PasswordTable):
                 log.warning(
                     "ignored etcd user entry %r: %s (clear-text passwords are never used)",
                     name,
-                    "not a valid username" if "username" in str(exc) else "not an argon2 hash",
+                    "not a valid username"
+                    if "username" in str(exc)
+                    else "too costly a hash"
+                    if "MiB" in str(exc)
+                    else "not an argon2 hash",
                 )
             return False
         self._bad.discard(name)
