@@ -176,3 +176,45 @@ def test_user_entries_that_are_not_checkable_hashes_are_refused_at_load(
         assert passwords.check(b"eve", b"hunter2") == b"unknown user"
     finally:
         passwords.close()
+
+
+def test_odd_entry_names_are_trusted_and_revoked_like_any_other(etcd: Any, prefix: str) -> None:
+    certs = [zsec.Cert() for _ in range(3)]
+    names = [
+        prefix.encode() + b"\xff\xfe-not-utf8",
+        prefix.encode() + b"a/b\n",
+        prefix.encode() + b"x" * 3000,
+    ]
+    with EtcdSettings((etcd.endpoint,)).connect() as conn:
+        conn.txn({n: c.public_txt.encode() for n, c in zip(names, certs, strict=True)})
+        store = zsec.CertStore(EtcdSource(etcd.endpoint, prefix=prefix))
+        try:
+            assert store.wait_ready(10)
+            assert keys_of(store) == {c.public_txt for c in certs}
+            # A delete of a key never loaded, then of each odd one.
+            revision = conn.txn(deletes=[prefix.encode() + b"never-there", *names])
+            wait_for(lambda: store._source.revision >= revision, what="the deletes")  # type: ignore[attr-defined]
+            assert keys_of(store) == set()
+            assert store.ready
+        finally:
+            store.close()
+
+
+def test_a_hostile_ban_value_never_stops_the_fleets_bans(etcd: Any, prefix: str) -> None:
+    bans = zsec.EtcdBans(etcd.endpoint, prefix=prefix)
+    try:
+        assert bans.wait_ready(10)
+        # Every server may write the ban prefix; one compromised server writes these.
+        put(
+            etcd,
+            {
+                prefix + "10.0.0.1": b"[" * 100_000,
+                prefix + "10.0.0.2": b"\xff\xfe",
+                prefix + "10.0.0.3": b'{"seconds": 1e999}',
+                prefix + "10.0.0.4": b'{"seconds": ' + b"9" * 5000 + b"}",
+            },
+        )
+        put(etcd, {prefix + "10.0.0.9": b'{"seconds": 60}'})
+        wait_for(lambda: bans.banned == ["10.0.0.9"], what="the real ban to arrive")
+    finally:
+        bans.close()

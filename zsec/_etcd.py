@@ -1156,12 +1156,9 @@ class EtcdBans:
         for name in deleted:
             bans.pop(name, None)
         for name, value in put.items():
-            try:
-                seconds = float(json.loads(value)["seconds"])
-                if not 0 < seconds < 366 * 86400:
-                    raise ValueError
-            except (ValueError, KeyError, TypeError):
-                log.warning('ignored etcd ban entry %r: not {"seconds": N}', name)
+            seconds = _ban_seconds(value)
+            if seconds is None:
+                log.warning('ignored etcd ban entry %r: not {"seconds": N}', name[:64])
                 continue
             bans[name] = seconds
         self._bans = bans
@@ -1180,6 +1177,21 @@ class EtcdBans:
                 )
                 for a, s in self._bans.items()
             }
+
+
+def _ban_seconds(value: bytes) -> float | None:
+    """The length a ban entry asks for, or None for anything but a small ``{"seconds": N}``.
+
+    Total: any writer of the ban prefix (every server) may write any bytes.
+    """
+    if len(value) > 64:  # also keeps json from recursing or converting huge numbers
+        return None
+    try:
+        entry = json.loads(value)
+        seconds = float(entry["seconds"]) if isinstance(entry, dict) else math.nan
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        return None
+    return seconds if 0 < seconds < 366 * 86400 else None
 
 
 def _show(address: bytes) -> str:
