@@ -218,3 +218,27 @@ def test_a_hostile_ban_value_never_stops_the_fleets_bans(etcd: Any, prefix: str)
         wait_for(lambda: bans.banned == ["10.0.0.9"], what="the real ban to arrive")
     finally:
         bans.close()
+
+
+def test_trust_import_replace_writes_nothing_when_a_file_cannot_be_read(
+    etcd: Any, prefix: str, tmp_path: Any
+) -> None:
+    import io
+    import os
+
+    from zsec.cli import main
+
+    kept, other = zsec.Cert(), zsec.Cert()
+    put(etcd, {prefix + c.public_txt: c.public_txt.encode() for c in (kept, other)})
+    kept.save_public(tmp_path / "kept.key")
+    # A file the operator cannot read (EACCES when not root; here a FIFO, refused alike)
+    # may hold a key the fleet trusts: --replace must not revoke it.
+    os.mkfifo(tmp_path / "other.key")
+    out, err = io.StringIO(), io.StringIO()
+    args = ["trust", "import", "--endpoints", etcd.endpoint, "--prefix", prefix, "--replace"]
+    code = main([*args, str(tmp_path)], stdin=io.StringIO(), stdout=out, stderr=err)
+    assert code != 0
+    assert "other.key" in out.getvalue() + err.getvalue()
+    with EtcdSettings((etcd.endpoint,)).connect() as conn:
+        _, values = conn.get_prefix(prefix.encode())
+    assert {k.decode()[len(prefix) :] for k in values} == {kept.public_txt, other.public_txt}

@@ -155,11 +155,27 @@ def _skipped_name(name: str) -> bool:
     )
 
 
-def _trust_dir(directory: str, stdout: TextIO) -> dict[str, Cert]:
+def _trust_dir(directory: str, stdout: TextIO, strict: bool = False) -> dict[str, Cert]:
+    """The certificates under ``directory``; files that are not certificates are skipped.
+
+    ``strict`` (``import --replace``): a file or directory that cannot be read
+    raises instead, since it may hold a key the fleet trusts, which replacing
+    would revoke everywhere (an operator without read access, say).
+    """
     if not os.path.isdir(directory):
         raise FileAccessError(f"{directory} is not a directory", filename=directory)
+
+    def unreadable(exc: OSError) -> None:
+        if strict:
+            raise FileAccessError(
+                f"cannot read {exc.filename}: {exc.strerror}; nothing was written "
+                "(--replace would revoke whatever it holds)",
+                filename=exc.filename,
+            )
+        stdout.write(f"Skipped {exc.filename}: {exc.strerror}\n")
+
     found: dict[str, Cert] = {}
-    for root, dirs, files in os.walk(directory):
+    for root, dirs, files in os.walk(directory, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not _skipped_name(d))
         for name in sorted(files):
             if _skipped_name(name):
@@ -167,7 +183,15 @@ def _trust_dir(directory: str, stdout: TextIO) -> dict[str, Cert]:
             path = os.path.join(root, name)
             try:
                 cert = _load_public(path, stdout)
-            except (CertificateError, FileAccessError) as exc:
+            except FileAccessError as exc:
+                if strict:
+                    raise FileAccessError(
+                        f"{exc}; nothing was written (--replace would revoke whatever it holds)",
+                        filename=path,
+                    ) from None
+                stdout.write(f"Skipped {path}: {exc}\n")
+                continue
+            except CertificateError as exc:
                 stdout.write(f"Skipped {path}: {exc}\n")
                 continue
             found.setdefault(cert.public_txt, cert)
@@ -180,7 +204,7 @@ def _batches(ops: list[Any], size: int) -> Iterable[list[Any]]:
 
 
 def _cmd_import(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    certs = _trust_dir(args.directory, stdout)
+    certs = _trust_dir(args.directory, stdout, strict=args.replace)
     prefix = args.prefix.encode()
     with _connect(args, stdin) as conn:
         stale: list[bytes] = []
