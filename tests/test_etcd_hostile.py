@@ -242,3 +242,24 @@ def test_trust_import_replace_writes_nothing_when_a_file_cannot_be_read(
     with EtcdSettings((etcd.endpoint,)).connect() as conn:
         _, values = conn.get_prefix(prefix.encode())
     assert {k.decode()[len(prefix) :] for k in values} == {kept.public_txt, other.public_txt}
+
+
+def test_trust_list_shows_control_characters_escaped_so_no_entry_can_hide(
+    etcd: Any, prefix: str
+) -> None:
+    import io
+
+    from zsec.cli import main
+
+    hidden = zsec.Cert()
+    text = (
+        f'metadata\n    name = "x\x1b[2Khidden"\ncurve\n    public-key = "{hidden.public_txt}"\n'
+    )
+    put(etcd, {prefix + hidden.public_txt: text.encode(), prefix + "\x1b[1Abad\r": b"junk"})
+    out, err = io.StringIO(), io.StringIO()
+    args = ["trust", "list", "--endpoints", etcd.endpoint, "--prefix", prefix]
+    assert main(args, stdin=io.StringIO(), stdout=out, stderr=err) == 0
+    shown = out.getvalue()
+    assert hidden.public_txt in shown
+    assert "\x1b" not in shown and "\r" not in shown
+    assert "\\x1b[2K" in shown and "\\x1b[1Abad" in shown
