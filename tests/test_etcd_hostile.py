@@ -252,9 +252,7 @@ def test_trust_list_shows_control_characters_escaped_so_no_entry_can_hide(
     from zsec.cli import main
 
     hidden = zsec.Cert()
-    text = (
-        f'metadata\n    name = "x\x1b[2Khidden"\ncurve\n    public-key = "{hidden.public_txt}"\n'
-    )
+    text = f'metadata\n    name = "x\x1b[2Khidden"\ncurve\n    public-key = "{hidden.public_txt}"\n'
     put(etcd, {prefix + hidden.public_txt: text.encode(), prefix + "\x1b[1Abad\r": b"junk"})
     out, err = io.StringIO(), io.StringIO()
     args = ["trust", "list", "--endpoints", etcd.endpoint, "--prefix", prefix]
