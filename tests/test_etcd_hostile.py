@@ -261,3 +261,46 @@ def test_trust_list_shows_control_characters_escaped_so_no_entry_can_hide(
     assert hidden.public_txt in shown
     assert "\x1b" not in shown and "\r" not in shown
     assert "\\x1b[2K" in shown and "\\x1b[1Abad" in shown
+
+
+def test_a_fleet_ban_cuts_the_live_sessions_of_its_address_as_a_local_ban_does(
+    etcd: Any, prefix: str, ctx: Any
+) -> None:
+    import zmq
+
+    server_cert, client_cert = zsec.Cert(), zsec.Cert()
+    store = zsec.CertStore()
+    store.insert(client_cert)
+    cuts: list[Any] = []
+    bans = zsec.EtcdBans(etcd.endpoint, prefix=prefix)
+    with zsec.Auth(ctx) as auth:
+        try:
+            assert bans.wait_ready(10)
+            auth.configure_curve("*", store)
+            auth.set_failure_limit(5, window=60, ban=60)
+            bans.attach(auth.policy.limiter)
+            server = ctx.socket(zmq.ROUTER)
+            server.linger = 0
+            zsec.curve_server(server, server_cert)
+            guarded = auth.guard(server, on_cut=cuts.append)
+            port = server.bind_to_random_port("tcp://127.0.0.1")
+            client = ctx.socket(zmq.DEALER)
+            client.linger, client.rcvtimeo = 0, 5000
+            zsec.curve_client(client, client_cert, server_cert)
+            monitor = zsec.HandshakeMonitor(client)
+            client.connect(f"tcp://127.0.0.1:{port}")
+            assert monitor.wait().ok
+            client.send(b"hello")
+            assert guarded.poll(5000) and guarded.recv_multipart()[1] == b"hello"
+            # Another server banned this address; the ban arrives through etcd.
+            put(etcd, {prefix + "127.0.0.1": b'{"seconds": 60}'})
+            assert monitor.wait().event == zmq.EVENT_DISCONNECTED
+            wait_for(lambda: len(cuts) > 0, what="the cut")
+            assert [cut.reason for cut in cuts] == ["address banned"]
+            monitor.close()
+            client.close()
+            guarded.close()
+            server.close()
+        finally:
+            bans.close()
+            store.close()
