@@ -304,3 +304,21 @@ def test_a_fleet_ban_cuts_the_live_sessions_of_its_address_as_a_local_ban_does(
         finally:
             bans.close()
             store.close()
+
+
+def test_a_user_rewritten_with_clear_text_is_admitted_by_neither_password(
+    etcd: Any, prefix: str
+) -> None:
+    from zsec._passwords import hash_password
+
+    put(etcd, {prefix + "alice": hash_password(b"old-pw")})
+    passwords = zsec.EtcdPasswords(etcd.endpoint, prefix=prefix)
+    try:
+        assert passwords.wait_ready(10)
+        assert passwords.check(b"alice", b"old-pw") == b""  # now remembered as verified
+        revision = put(etcd, {prefix + "alice": b"new-clear-pw"})
+        wait_for(lambda: passwords._follower.revision >= revision, what="the rewrite")
+        assert passwords.check(b"alice", b"old-pw") != b""
+        assert passwords.check(b"alice", b"new-clear-pw") != b""
+    finally:
+        passwords.close()
