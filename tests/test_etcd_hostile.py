@@ -322,3 +322,24 @@ def test_a_user_rewritten_with_clear_text_is_admitted_by_neither_password(
         assert passwords.check(b"alice", b"new-clear-pw") != b""
     finally:
         passwords.close()
+
+
+def test_ban_entries_for_ranges_or_wildcards_ban_nobody(etcd: Any, prefix: str) -> None:
+    from zsec._zap import Policy
+
+    from .helpers import req
+
+    limiter = zsec.FailureLimiter(max_failures=3, window=60, ban=60)
+    bans = zsec.EtcdBans(etcd.endpoint, prefix=prefix)
+    policy = Policy(plain={"*": zsec.PasswordTable({"admin": "right-pw"})}, limiter=limiter)
+    try:
+        assert bans.wait_ready(10)
+        bans.attach(limiter)
+        ban = b'{"seconds": 60}'
+        wide = ["0.0.0.0/0", "::/0", "*", "127.0.0.0/8", "127.0.0.1/32", "::ffff:127.0.0.1"]
+        revision = put(etcd, {prefix: ban, **{prefix + w: ban for w in wide}})
+        wait_for(lambda: bans._follower.revision >= revision, what="the bans")
+        reply = policy.handle([b"r", b"", *req(b"PLAIN", b"admin", b"right-pw")])
+        assert reply is not None and reply[4] == b"200"
+    finally:
+        bans.close()
