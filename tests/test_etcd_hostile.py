@@ -343,3 +343,26 @@ def test_ban_entries_for_ranges_or_wildcards_ban_nobody(etcd: Any, prefix: str) 
         assert reply is not None and reply[4] == b"200"
     finally:
         bans.close()
+
+
+def test_a_flood_of_ban_entries_is_held_to_a_bounded_number(
+    etcd: Any, prefix: str, monkeypatch: Any
+) -> None:
+    import zsec._etcd
+
+    monkeypatch.setattr(zsec._etcd, "MAX_SHARED_BANS", 3)  # 100,000 in production
+    limiter = zsec.FailureLimiter(max_failures=3, window=60, ban=60)
+    bans = zsec.EtcdBans(etcd.endpoint, prefix=prefix)
+    try:
+        assert bans.wait_ready(10)
+        bans.attach(limiter)
+        revision = put(etcd, {f"{prefix}10.0.0.{n}": b'{"seconds": 60}' for n in range(5)})
+        wait_for(lambda: bans._follower.revision >= revision, what="the flood")
+        assert len(bans.banned) == 3 and len(limiter.shared_bans) == 3
+        # A ban that ends frees its place for the next.
+        revision = put(etcd, {}, (prefix + bans.banned[0],))
+        revision = put(etcd, {prefix + "10.0.0.9": b'{"seconds": 60}'})
+        wait_for(lambda: bans._follower.revision >= revision, what="the next ban")
+        assert "10.0.0.9" in bans.banned and len(bans.banned) == 3
+    finally:
+        bans.close()

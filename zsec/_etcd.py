@@ -44,6 +44,7 @@ from ._errors import (
 from ._keys import coerce_key, z85_decode_keys
 from ._passwords import _HASH_PARAMS, PasswordTable, check_username
 from ._source import TrustFeed, TrustSource
+from ._throttle import MAX_TRACKED
 
 log = logging.getLogger("zsec.etcd")
 
@@ -1031,6 +1032,8 @@ class EtcdPasswords(PasswordTable):
 # -- fleet-wide bans -------------------------------------------------------------
 
 DEFAULT_BAN_PREFIX = "/zsec/bans/"
+# As many shared bans as a FailureLimiter tracks bans of its own.
+MAX_SHARED_BANS = MAX_TRACKED
 
 
 class EtcdBans:
@@ -1155,12 +1158,22 @@ class EtcdBans:
         bans = dict(self._bans)
         for name in deleted:
             bans.pop(name, None)
+        dropped = 0
         for name, value in put.items():
             seconds = _ban_seconds(value)
             if seconds is None:
                 log.warning('ignored etcd ban entry %r: not {"seconds": N}', name[:64])
                 continue
+            if name not in bans and len(bans) >= MAX_SHARED_BANS:
+                dropped += 1  # every server may write bans: one must not exhaust the rest
+                continue
             bans[name] = seconds
+        if dropped:
+            log.warning(
+                "ignored %d etcd ban entries: %d shared bans are held already (the most kept)",
+                dropped,
+                len(bans),
+            )
         self._bans = bans
         self._push()
 
