@@ -366,3 +366,27 @@ def test_a_flood_of_ban_entries_is_held_to_a_bounded_number(
         assert "10.0.0.9" in bans.banned and len(bans.banned) == 3
     finally:
         bans.close()
+
+
+def test_trust_remove_revokes_a_key_trusted_under_any_entry_name(etcd: Any, prefix: str) -> None:
+    import io
+
+    from zsec.cli import main
+
+    revoked, kept = zsec.Cert(), zsec.Cert()
+    put(
+        etcd,
+        {
+            prefix + "alice": revoked.public_txt.encode(),  # written by hand, not by zsec trust
+            prefix + "alice-copy": revoked.public_txt.encode() + b"\n",
+            prefix + kept.public_txt: kept.public_txt.encode(),
+        },
+    )
+    out, err = io.StringIO(), io.StringIO()
+    args = ["trust", "remove", "--endpoints", etcd.endpoint, "--prefix", prefix]
+    code = main([*args, revoked.public_txt], stdin=io.StringIO(), stdout=out, stderr=err)
+    assert code == 0, out.getvalue() + err.getvalue()
+    assert "Revoked" in out.getvalue()
+    with EtcdSettings((etcd.endpoint,)).connect() as conn:
+        _, values = conn.get_prefix(prefix.encode())
+    assert {k.decode()[len(prefix) :] for k in values} == {kept.public_txt}

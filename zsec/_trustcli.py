@@ -119,12 +119,32 @@ def _key_of(item: str) -> str:
 
 def _cmd_remove(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     keys = list(dict.fromkeys(_key_of(item) for item in args.keys))
+    prefix = args.prefix.encode()
+    # etcd key -> the public key it holds. Servers trust a certificate under
+    # any entry name, so every entry holding a revoked key goes, not only
+    # the one named after it (an entry written by hand, say).
+    entries = {(args.prefix + k).encode(): k for k in keys}
     with _connect(args, stdin) as conn:
-        revision, deleted = conn.txn_deleted(deletes=[(args.prefix + k).encode() for k in keys])
-    for key, count in zip(keys, deleted, strict=True):
+        _, values = conn.get_prefix(prefix)
+        for name, value in values.items():
+            if name in entries:
+                continue
+            try:
+                cert = cert_from_entry(
+                    name[len(prefix) :].decode("utf-8", "surrogateescape"), value
+                )
+            except CertificateError:
+                continue
+            if cert.public_txt in keys:
+                entries[name] = cert.public_txt
+        revision, deleted = conn.txn_deleted(deletes=list(entries))
+    removed = dict.fromkeys(keys, 0)
+    for key, count in zip(entries.values(), deleted, strict=True):
+        removed[key] += count
+    for key, count in removed.items():
         stdout.write(f"Revoked {key}\n" if count else f"Not in etcd: {key}\n")
     stdout.write(f"etcd revision {revision}\n")
-    return 0 if all(deleted) else 1
+    return 0 if all(removed.values()) else 1
 
 
 def _printable(text: str) -> str:
