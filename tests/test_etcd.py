@@ -276,7 +276,8 @@ def test_a_user_without_read_permission_gets_a_clear_error_and_trusts_nobody(
     server = etcd_with_auth.endpoint
     source, store = follow(server, "/zsec/certs/", user="nobody", password="nobody-pw")
     try:
-        wait_for(lambda: source._follower.failures >= 1, what="a refused first load")
+        # The reason is set after the failure is counted: wait for the reason itself.
+        wait_for(lambda: "refused user" in source.reason, what="a refused first load")
         assert not source.ready and not store.ready
         assert "refused user 'nobody'" in source.reason
         assert "permission denied" in source.reason

@@ -42,8 +42,9 @@ from ._errors import (
     ZsecValueError,
 )
 from ._keys import coerce_key, z85_decode_keys
-from ._passwords import PasswordTable, check_username
+from ._passwords import _HASH_PARAMS, PasswordTable, check_username
 from ._source import TrustFeed, TrustSource
+from ._throttle import MAX_TRACKED
 
 log = logging.getLogger("zsec.etcd")
 
@@ -87,6 +88,21 @@ def prefix_end(prefix: bytes) -> bytes:
             return bytes(end)
         end.pop()
     return b"\0"  # etcd: every key >= key
+
+
+def check_prefix(prefix: str | bytes) -> bytes:
+    """``prefix`` as bytes; raises ``ZsecValueError`` unless it ends with "/".
+
+    etcd prefixes are byte prefixes: ``/zsec/certs`` also covers
+    ``/zsec/certs2/...``, a neighbour's keys (and whoever may write them).
+    """
+    raw = prefix.encode("utf-8", "surrogateescape") if isinstance(prefix, str) else bytes(prefix)
+    if not raw.endswith(b"/"):
+        raise ZsecValueError(
+            f"an etcd prefix must end with '/' (such as /zsec/certs/), not {prefix!r}: "
+            "without it, keys of any prefix that merely starts alike would be read too"
+        )
+    return raw
 
 
 @dataclass(frozen=True)
@@ -233,6 +249,7 @@ class EtcdConnection:
         self._watch = rpc.WatchStub(self._channel)
         self._lease = rpc.LeaseStub(self._channel)
         self._metadata: tuple[tuple[str, str], ...] = ()
+        self.cluster_id = 0  # of the last snapshot read (get_prefix)
         try:
             if settings.user is not None:
                 auth = rpc.AuthStub(self._channel)
@@ -306,6 +323,7 @@ class EtcdConnection:
             reply = self._call(self._kv.Range, request)
             if revision == 0:
                 revision = int(reply.header.revision)
+                self.cluster_id = int(reply.header.cluster_id)
             for kv in reply.kvs:
                 out[kv.key] = kv.value
             if not reply.more or not reply.kvs:
@@ -385,6 +403,7 @@ class WatchStream:
         self._done = threading.Event()
         self._cancelled = False
         self.created_revision = 0  # etcd's revision when the watch was created
+        self.created_cluster = 0  # and the cluster that answered
         create = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(
                 key=prefix, range_end=prefix_end(prefix), start_revision=start_revision
@@ -420,6 +439,7 @@ class WatchStream:
                     raise EtcdUnavailable(f"etcd {self._conn.endpoint} ended the watch: {reason}")
                 if reply.created:
                     self.created_revision = int(reply.header.revision)
+                    self.created_cluster = int(reply.header.cluster_id)
                     yield []
                     continue
                 if reply.events:
@@ -470,14 +490,13 @@ class Follower:
         if max_outage is not None and not 0 <= max_outage < float("inf"):
             raise ZsecValueError("max_outage must be a number of seconds >= 0, or None")
         self.settings = settings
-        self.prefix = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
-        if not self.prefix:
-            raise ZsecValueError("an etcd prefix cannot be empty; use one such as /zsec/certs/")
+        self.prefix = check_prefix(prefix)
         self.max_outage = max_outage
         _client_modules()  # fail now, not in the thread, when the extra is missing
         self._on_reset, self._on_update, self._on_ready = on_reset, on_update, on_ready
         self._name = name
         self.revision = 0  # last applied revision; 0 = no snapshot yet
+        self._cluster = 0  # etcd cluster ID of that revision's history
         self.ready = False
         self.reason = "waiting for the first load from etcd"
         self.reloads = 0
@@ -519,8 +538,8 @@ class Follower:
                 except _Compacted:
                     continue
         with self._lock:
-            if revision > self.revision:
-                self._reset(values, revision)
+            if revision > self.revision or conn.cluster_id != self._cluster:
+                self._reset(values, revision, conn.cluster_id)
 
     # -- the thread --------------------------------------------------------
 
@@ -546,6 +565,12 @@ class Follower:
                             0,
                             f"etcd is at revision {stream.created_revision}, behind "
                             f"the {self.revision} applied here",
+                        )
+                    if not batch and stream.created_cluster != self._cluster:
+                        # Another cluster (a DNS change, an endpoint list that
+                        # mixes clusters): its revisions are not ours to resume.
+                        raise _Compacted(
+                            0, f"etcd {conn.endpoint} belongs to another cluster than the last read"
                         )
                     if lost_since is not None or not self.ready:
                         lost_since = None
@@ -619,10 +644,10 @@ class Follower:
             except _Compacted:
                 continue
         with self._lock:
-            self._reset(values, revision)
+            self._reset(values, revision, conn.cluster_id)
         self._set_ready(True, "")
 
-    def _reset(self, values: dict[bytes, bytes], revision: int) -> None:
+    def _reset(self, values: dict[bytes, bytes], revision: int, cluster: int) -> None:
         cut = len(self.prefix)
         # The key equal to the prefix itself names no entry.
         entries = {
@@ -631,7 +656,7 @@ class Follower:
         self.reloads += 1
         if not self._safely(self._on_reset, entries):
             raise EtcdError(f"{self._name}: the snapshot could not be applied; retrying")
-        self.revision = revision
+        self.revision, self._cluster = revision, cluster
         log.info("%s: loaded %d entries at revision %d", self._name, len(entries), revision)
 
     def _apply(self, batch: list[Event]) -> None:
@@ -863,7 +888,10 @@ class EtcdSource(TrustSource):
 
 # -- PLAIN users ---------------------------------------------------------------
 
-_HASH_PREFIXES = (b"$argon2id$", b"$argon2i$")
+# libsodium's "sensitive" limits (1 GiB; argon2i's 8 passes) are the most
+# an etcd entry may ask every server to spend on one login.
+_MAX_HASH_KIB = 1 << 20
+_MAX_HASH_PASSES = 8
 
 
 def check_user_entry(username: str, entry: bytes) -> bytes:
@@ -876,10 +904,19 @@ def check_user_entry(username: str, entry: bytes) -> bytes:
     except UnicodeEncodeError:  # a key that was not UTF-8 (decoded with surrogateescape)
         raise PasswordError("a username must be UTF-8 text") from None
     check_username(raw)
-    if not entry.startswith(_HASH_PREFIXES) or len(entry) > 512 or b"\n" in entry:
+    params = _HASH_PARAMS.match(entry)
+    if params is None or len(entry) > 512 or b"\n" in entry:
         raise PasswordError(
             f"the etcd entry for user {username!r} must be an argon2 hash string "
-            "($argon2id$...); clear-text passwords are never stored in etcd"
+            "($argon2id$v=19$m=...); clear-text passwords are never stored in etcd"
+        )
+    # Every server runs this hash (and a decoy of the same cost for unknown
+    # users) on each login: a writer must not be able to make it exhaust memory or time.
+    if int(params.group(2)) > _MAX_HASH_KIB or int(params.group(3)) > _MAX_HASH_PASSES:
+        raise PasswordError(
+            f"the etcd entry for user {username!r} asks for more than "
+            f"{_MAX_HASH_KIB // 1024} MiB or {_MAX_HASH_PASSES} passes; "
+            "hash with libsodium's interactive to sensitive limits"
         )
     return entry
 
@@ -958,7 +995,11 @@ class EtcdPasswords(PasswordTable):
                 log.warning(
                     "ignored etcd user entry %r: %s (clear-text passwords are never used)",
                     name,
-                    "not a valid username" if "username" in str(exc) else "not an argon2 hash",
+                    "not a valid username"
+                    if "username" in str(exc)
+                    else "too costly a hash"
+                    if "MiB" in str(exc)
+                    else "not an argon2 hash",
                 )
             return False
         self._bad.discard(name)
@@ -992,6 +1033,8 @@ class EtcdPasswords(PasswordTable):
 # -- fleet-wide bans -------------------------------------------------------------
 
 DEFAULT_BAN_PREFIX = "/zsec/bans/"
+# As many shared bans as a FailureLimiter tracks bans of its own.
+MAX_SHARED_BANS = MAX_TRACKED
 
 
 class EtcdBans:
@@ -1002,8 +1045,9 @@ class EtcdBans:
     ``<prefix><address>`` under an etcd lease of the ban's length, and makes
     the limiter refuse every address banned anywhere in the fleet. etcd
     deletes the key when the lease expires and the watch brings the deletion
-    to every server; a ban also ends locally at its length, so an etcd
-    outage cannot make one last forever. Bans only ever add refusals, so
+    to every server; a ban also ends locally at its length, and never lasts
+    longer than the limiter's own ``ban``, so neither an etcd outage nor a
+    writer to the prefix can make one last longer. Bans only ever add refusals, so
     while etcd is unreachable the last known bans stay in force (and this
     server's new bans stay local). The ZAP thread never waits for etcd: it
     only queues a new ban for this object's writer thread.
@@ -1115,15 +1159,22 @@ class EtcdBans:
         bans = dict(self._bans)
         for name in deleted:
             bans.pop(name, None)
+        dropped = 0
         for name, value in put.items():
-            try:
-                seconds = float(json.loads(value)["seconds"])
-                if not 0 < seconds < 366 * 86400:
-                    raise ValueError
-            except (ValueError, KeyError, TypeError):
-                log.warning('ignored etcd ban entry %r: not {"seconds": N}', name)
+            seconds = _ban_seconds(value)
+            if seconds is None:
+                log.warning('ignored etcd ban entry %r: not {"seconds": N}', name[:64])
+                continue
+            if name not in bans and len(bans) >= MAX_SHARED_BANS:
+                dropped += 1  # every server may write bans: one must not exhaust the rest
                 continue
             bans[name] = seconds
+        if dropped:
+            log.warning(
+                "ignored %d etcd ban entries: %d shared bans are held already (the most kept)",
+                dropped,
+                len(bans),
+            )
         self._bans = bans
         self._push()
 
@@ -1131,13 +1182,30 @@ class EtcdBans:
         for limiter in self._limiters:
             now = limiter._clock()
             old = limiter.shared_bans
-            # A ban keeps its end when it is seen again; a new one ends after its length.
+            # A ban keeps its end when it is seen again; a new one ends after its
+            # length, never later than this server's own ban would: a writer to
+            # the prefix (or a key put without a lease) cannot ban for longer.
             limiter.shared_bans = {
                 a.encode("utf-8", "surrogateescape"): old.get(
-                    a.encode("utf-8", "surrogateescape"), now + s
+                    a.encode("utf-8", "surrogateescape"), now + min(s, limiter.ban)
                 )
                 for a, s in self._bans.items()
             }
+
+
+def _ban_seconds(value: bytes) -> float | None:
+    """The length a ban entry asks for, or None for anything but a small ``{"seconds": N}``.
+
+    Total: any writer of the ban prefix (every server) may write any bytes.
+    """
+    if len(value) > 64:  # also keeps json from recursing or converting huge numbers
+        return None
+    try:
+        entry = json.loads(value)
+        seconds = float(entry["seconds"]) if isinstance(entry, dict) else math.nan
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        return None
+    return seconds if 0 < seconds < 366 * 86400 else None
 
 
 def _show(address: bytes) -> str:

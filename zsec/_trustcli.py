@@ -31,6 +31,7 @@ from ._etcd import (
     EtcdConnection,
     EtcdSettings,
     cert_from_entry,
+    check_prefix,
     check_user_entry,
 )
 from ._files import read_capped
@@ -118,12 +119,40 @@ def _key_of(item: str) -> str:
 
 def _cmd_remove(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     keys = list(dict.fromkeys(_key_of(item) for item in args.keys))
+    prefix = args.prefix.encode()
+    # etcd key -> the public key it holds. Servers trust a certificate under
+    # any entry name, so every entry holding a revoked key goes, not only
+    # the one named after it (an entry written by hand, say).
+    entries = {(args.prefix + k).encode(): k for k in keys}
     with _connect(args, stdin) as conn:
-        revision, deleted = conn.txn_deleted(deletes=[(args.prefix + k).encode() for k in keys])
-    for key, count in zip(keys, deleted, strict=True):
+        _, values = conn.get_prefix(prefix)
+        for name, value in values.items():
+            if name in entries:
+                continue
+            try:
+                cert = cert_from_entry(
+                    name[len(prefix) :].decode("utf-8", "surrogateescape"), value
+                )
+            except CertificateError:
+                continue
+            if cert.public_txt in keys:
+                entries[name] = cert.public_txt
+        revision, deleted = conn.txn_deleted(deletes=list(entries))
+    removed = dict.fromkeys(keys, 0)
+    for key, count in zip(entries.values(), deleted, strict=True):
+        removed[key] += count
+    for key, count in removed.items():
         stdout.write(f"Revoked {key}\n" if count else f"Not in etcd: {key}\n")
     stdout.write(f"etcd revision {revision}\n")
-    return 0 if all(deleted) else 1
+    return 0 if all(removed.values()) else 1
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: etcd entries come from any writer,
+    and an escape sequence could otherwise erase or rewrite lines on the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _cmd_list(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
@@ -136,10 +165,12 @@ def _cmd_list(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
         try:
             cert = cert_from_entry(name, values[key])
         except (CertificateError, ValueError) as exc:
-            stdout.write(f"{name}  INVALID: {exc}\n")
+            stdout.write(_printable(f"{name}  INVALID: {exc}") + "\n")
             continue
         good += 1
-        label = ", ".join(f"{k}={cert.meta(k)}" for k in ("name", "email") if cert.meta(k))
+        label = ", ".join(
+            f"{k}={_printable(cert.meta(k) or '')}" for k in ("name", "email") if cert.meta(k)
+        )
         stdout.write(f"{cert.public_txt}  {label}\n".replace("  \n", "\n"))
     stdout.write(f"{good} trusted certificate(s) under {args.prefix} at etcd revision {revision}\n")
     return 0
@@ -154,11 +185,27 @@ def _skipped_name(name: str) -> bool:
     )
 
 
-def _trust_dir(directory: str, stdout: TextIO) -> dict[str, Cert]:
+def _trust_dir(directory: str, stdout: TextIO, strict: bool = False) -> dict[str, Cert]:
+    """The certificates under ``directory``; files that are not certificates are skipped.
+
+    ``strict`` (``import --replace``): a file or directory that cannot be read
+    raises instead, since it may hold a key the fleet trusts, which replacing
+    would revoke everywhere (an operator without read access, say).
+    """
     if not os.path.isdir(directory):
         raise FileAccessError(f"{directory} is not a directory", filename=directory)
+
+    def unreadable(exc: OSError) -> None:
+        if strict:
+            raise FileAccessError(
+                f"cannot read {exc.filename}: {exc.strerror}; nothing was written "
+                "(--replace would revoke whatever it holds)",
+                filename=exc.filename,
+            )
+        stdout.write(f"Skipped {exc.filename}: {exc.strerror}\n")
+
     found: dict[str, Cert] = {}
-    for root, dirs, files in os.walk(directory):
+    for root, dirs, files in os.walk(directory, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not _skipped_name(d))
         for name in sorted(files):
             if _skipped_name(name):
@@ -166,7 +213,15 @@ def _trust_dir(directory: str, stdout: TextIO) -> dict[str, Cert]:
             path = os.path.join(root, name)
             try:
                 cert = _load_public(path, stdout)
-            except (CertificateError, FileAccessError) as exc:
+            except FileAccessError as exc:
+                if strict:
+                    raise FileAccessError(
+                        f"{exc}; nothing was written (--replace would revoke whatever it holds)",
+                        filename=path,
+                    ) from None
+                stdout.write(f"Skipped {path}: {exc}\n")
+                continue
+            except CertificateError as exc:
                 stdout.write(f"Skipped {path}: {exc}\n")
                 continue
             found.setdefault(cert.public_txt, cert)
@@ -179,7 +234,7 @@ def _batches(ops: list[Any], size: int) -> Iterable[list[Any]]:
 
 
 def _cmd_import(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    certs = _trust_dir(args.directory, stdout)
+    certs = _trust_dir(args.directory, stdout, strict=args.replace)
     prefix = args.prefix.encode()
     with _connect(args, stdin) as conn:
         stale: list[bytes] = []
@@ -348,6 +403,7 @@ def _with_prefix(run: Any, default: str) -> Any:
     def wrapped(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
         if args.prefix is None:
             args.prefix = default
+        check_prefix(args.prefix)
         return int(run(args, stdin, stdout))
 
     return wrapped
