@@ -62,7 +62,9 @@ def test_stopping_mid_traffic_admits_no_one_it_should_not(ctx: zmq.Context[Any])
         assert attempt(ctx, endpoint, lambda s: zsec.curve_client(s, member, server_cert))[0].ok
         _bounded_stop(auth)
         seen = len(outcomes)
-        wait_for(lambda: len(outcomes) >= seen + 3, what="intruders after the stop")
+        # Generous: what matters is that none of them gets in, and on a loaded
+        # machine an attempt can take seconds to get its outcome.
+        wait_for(lambda: len(outcomes) >= seen + 3, timeout=30, what="intruders after the stop")
     finally:
         stop.set()
         thread.join(30)

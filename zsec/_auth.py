@@ -58,6 +58,9 @@ log = logging.getLogger("zsec.auth")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _STOP_SECONDS = 5.0
+# How long stop() listens for requests still in flight, and for at most how long.
+_DRAIN_QUIET_SECONDS = 0.01
+_DRAIN_MAX_SECONDS = 0.25
 # The pump's receive timeout: idle, it wakes to end bans that ran out; with
 # provider decisions outstanding, often enough to answer 500 on time.
 _IDLE_MS = 1000
@@ -350,11 +353,23 @@ class Auth:
         """
         with contextlib.suppress(zmq.ZMQError):
             socket.unbind(ZAP_ENDPOINT)
+        # A request a server sent just before the unbind can still be on its
+        # way through the inproc pipe: keep answering until the socket has
+        # been quiet for a moment (bounded), since one lost here leaves its
+        # client waiting for the 30 s handshake timeout.
+        deadline = time.monotonic() + _DRAIN_MAX_SECONDS
         while True:
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError:
-                return
+                left = deadline - time.monotonic()
+                try:
+                    quiet = left <= 0 or not socket.poll(int(_DRAIN_QUIET_SECONDS * 1000))
+                except zmq.ZMQError:
+                    return
+                if quiet:
+                    return
+                continue
             reply = error_reply(frames, b"500", b"authenticator stopping")
             if reply is not None:
                 with contextlib.suppress(zmq.ZMQError):
