@@ -192,8 +192,13 @@ def test_create_modify_delete(live: zsec.CertStore, store_dir: Path) -> None:
     updated = cert.dup()
     updated.set_meta("name", "v2")
     _write_public(store_dir / "c.key", updated)
+
     # While the file is rewritten in place its key is briefly untrusted (fail closed).
-    wait_for(lambda: getattr(live.lookup(cert.public_key), "meta", dict)("name") == "v2")
+    def name_now() -> str | None:
+        found = live.lookup(cert.public_key)
+        return None if found is None else found.meta("name")
+
+    wait_for(lambda: name_now() == "v2", what="rewritten file")
     os.unlink(store_dir / "c.key")
     wait_for(lambda: cert.public_key not in live, what="deleted file")
     assert len(live) == 0
