@@ -11,7 +11,7 @@ import pytest
 import zsec
 from zsec._etcd import EtcdSettings, EtcdSource
 
-from .helpers import TcpCutter, wait_for
+from .helpers import TcpCutter, req, wait_for, zap_ask
 
 
 def cert_text(cert: zsec.Cert) -> bytes:
@@ -648,6 +648,25 @@ def test_trust_passwd_stores_only_a_hash_and_removes_users(etcd: Any, prefix: st
     assert code == 0 and "Removed carol" in out
     code, out, _ = trust(etcd, "passwd", "--prefix", prefix, "carol", "--remove")
     assert code == 1 and "No such user" in out
+
+
+def test_configure_curve_takes_an_etcd_source_as_it_takes_a_directory(
+    etcd: Any, prefix: str, ctx: Any
+) -> None:
+    member, stranger = zsec.Cert(), zsec.Cert()
+    put_certs(etcd, prefix, member)
+    source = EtcdSource(etcd.endpoint, prefix=prefix)
+    with zsec.Auth(ctx) as auth:
+        auth.configure_curve("global", source)  # Auth makes, owns and closes the store
+        assert source.wait_ready(10)
+
+        def status(cert: zsec.Cert) -> bytes:
+            return zap_ask(ctx, req(b"CURVE", cert.public_key))[0][2]
+
+        assert status(member) == b"200" and status(stranger) == b"400"
+        delete_certs(etcd, prefix, member)
+        wait_for(lambda: status(member) == b"400", what="revocation by one etcd write")
+    assert not source.ready  # stopping the authenticator closed the store it made
 
 
 def test_a_revocation_by_watch_cuts_the_live_session_as_a_deleted_file_does(

@@ -384,7 +384,7 @@ def test_trust_remove_revokes_a_key_trusted_under_any_entry_name(etcd: Any, pref
     )
     out, err = io.StringIO(), io.StringIO()
     args = ["trust", "remove", "--endpoints", etcd.endpoint, "--prefix", prefix]
-    code = main([*args, revoked.public_txt], stdin=io.StringIO(), stdout=out, stderr=err)
+    code = main([*args, "--", revoked.public_txt], stdin=io.StringIO(), stdout=out, stderr=err)
     assert code == 0, out.getvalue() + err.getvalue()
     assert "Revoked" in out.getvalue()
     with EtcdSettings((etcd.endpoint,)).connect() as conn:

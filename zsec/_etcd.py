@@ -826,8 +826,10 @@ class EtcdSource(TrustSource):
         self._follower.start()
 
     def close(self) -> None:
-        """Stop following etcd; idempotent."""
+        """Stop following etcd; idempotent. A closed source is not ready (it follows nothing)."""
         self._follower.close()
+        # Quietly: closing is not an outage worth a warning.
+        self._follower.ready, self._follower.reason = False, "closed"
 
     def refresh(self) -> None:
         """Read the whole prefix now; raises ``EtcdError`` when etcd cannot be read."""
