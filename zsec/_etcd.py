@@ -741,7 +741,37 @@ def cert_from_entry(name: str, value: bytes) -> Cert:
     return cert
 
 
-class EtcdSource(TrustSource):
+class _Following:
+    """Readiness of something fed by a ``Follower``: one set of answers for every etcd consumer."""
+
+    _follower: Follower
+
+    @property
+    def ready(self) -> bool:
+        """Whether the set is current enough to trust (fail closed until it is)."""
+        return self._follower.ready
+
+    @property
+    def reason(self) -> str:
+        """Why it is not ready ("" when it is)."""
+        return self._follower.reason
+
+    @property
+    def revision(self) -> int:
+        """The etcd revision applied last (0 before the first load)."""
+        return self._follower.revision
+
+    @property
+    def reloads(self) -> int:
+        """How many times the whole prefix was read (1 after start; more after compaction)."""
+        return self._follower.reloads
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the first load (or ``timeout``); returns ``ready``."""
+        return self._follower.wait_ready(timeout)
+
+
+class EtcdSource(_Following, TrustSource):
     """Trusted public certificates kept in etcd under a prefix, followed live.
 
     ``zsec.CertStore(EtcdSource(...))``, given to ``Auth.configure_curve``,
@@ -792,30 +822,6 @@ class EtcdSource(TrustSource):
 
     def describe(self) -> str:
         return f"etcd {','.join(self.settings.endpoints)} {self.prefix}"
-
-    @property
-    def ready(self) -> bool:
-        """Whether the set is current enough to trust (see the class docstring)."""
-        return self._follower.ready
-
-    @property
-    def reason(self) -> str:
-        """Why the source is not ready ("" when it is)."""
-        return self._follower.reason
-
-    @property
-    def revision(self) -> int:
-        """The etcd revision applied last (0 before the first load)."""
-        return self._follower.revision
-
-    @property
-    def reloads(self) -> int:
-        """How many times the whole prefix was read (1 after start; more after compaction)."""
-        return self._follower.reloads
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until the first load (or ``timeout``); returns ``ready``."""
-        return self._follower.wait_ready(timeout)
 
     def start(self, feed: TrustFeed) -> None:
         """Begin feeding ``feed`` (called once by the store)."""
@@ -923,7 +929,7 @@ def check_user_entry(username: str, entry: bytes) -> bytes:
     return entry
 
 
-class EtcdPasswords(PasswordTable):
+class EtcdPasswords(_Following, PasswordTable):
     """PLAIN users kept in etcd under a prefix as argon2 hashes, followed live.
 
     ``/zsec/users/<username>`` holds the user's argon2id string (what
@@ -970,17 +976,6 @@ class EtcdPasswords(PasswordTable):
     def __repr__(self) -> str:
         where = f"etcd {','.join(self.settings.endpoints)} {self.prefix}"
         return f"<EtcdPasswords {where} users={len(self)} ready={self.ready}>"
-
-    @property
-    def ready(self) -> bool:
-        return self._follower.ready
-
-    @property
-    def reason(self) -> str:
-        return self._follower.reason
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        return self._follower.wait_ready(timeout)
 
     def close(self) -> None:
         """Stop following etcd and admit nobody; idempotent."""
