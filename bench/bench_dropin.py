@@ -24,7 +24,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zmq.auth.asyncio
 import zmq.auth.thread
-from bench_zap import USERS, _plain_dict, measure
+from bench_zap import USERS, ZapProxy, _plain_dict, measure
 
 import zsec.auth.asyncio
 import zsec.auth.thread
@@ -91,30 +90,11 @@ class Authenticator:
         else:
             assert self.loop is not None
             self.thread_ident = self.loop.thread.ident
-        self.endpoint = f"ipc://{tempfile.gettempdir()}/zsec-bench-{os.getpid()}-{kind}.ipc"
-        self.front = self.ctx.socket(zmq.ROUTER)
-        self.back = self.ctx.socket(zmq.DEALER)
-        for sock in (self.front, self.back):
-            sock.linger = 0
-            sock.sndhwm = sock.rcvhwm = 0
-        self.front.bind(self.endpoint)
-        self.back.connect("inproc://zeromq.zap.01")
-        self.control = self.ctx.socket(zmq.PAIR)
-        self.control.bind(f"inproc://proxy-control-{id(self)}")
-        self.proxy = threading.Thread(target=self._proxy, daemon=True)
-        self.proxy.start()
-
-    def _proxy(self) -> None:
-        control = self.ctx.socket(zmq.PAIR)
-        control.connect(f"inproc://proxy-control-{id(self)}")
-        zmq.proxy_steerable(self.front, self.back, None, control)
-        for sock in (self.front, self.back, control):
-            sock.close(linger=0)
+        self.zap_proxy = ZapProxy(self.ctx, kind)
+        self.endpoint = self.zap_proxy.endpoint
 
     def stop(self) -> None:
-        self.control.send(b"TERMINATE")
-        self.proxy.join(10)
-        self.control.close(linger=0)
+        self.zap_proxy.close()
         if self.loop is not None:
             self.loop.run(self.auth.stop)
             self.loop.close()

@@ -30,7 +30,6 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_zap import generator
+from bench_zap import ZapProxy, generator
 
 BURST = 80_000
 
@@ -63,18 +62,8 @@ class Server:
             self.auth.enable_metrics()
         if config == "no-hub":
             self.auth._policy = self.auth._policy.replace(emit=None)
-        self.endpoint = f"ipc://{tempfile.gettempdir()}/zsec-bench-events-{os.getpid()}.ipc"
-        self.front = self.ctx.socket(zmq.ROUTER)
-        self.back = self.ctx.socket(zmq.DEALER)
-        for sock in (self.front, self.back):
-            sock.linger = 0
-            sock.sndhwm = sock.rcvhwm = 0
-        self.front.bind(self.endpoint)
-        self.back.connect("inproc://zeromq.zap.01")
-        self.control = self.ctx.socket(zmq.PAIR)
-        self.control.bind("inproc://bench-events-control")
-        self.proxy = threading.Thread(target=self._proxy, daemon=True)
-        self.proxy.start()
+        self.zap_proxy = ZapProxy(self.ctx, "events")
+        self.endpoint = self.zap_proxy.endpoint
 
     def thread_cpu(self) -> float:
         """CPU seconds used so far by the ZAP thread, the events thread and subscribers."""
@@ -89,18 +78,9 @@ class Server:
     def _count(self, event: object) -> None:
         self.seen += 1
 
-    def _proxy(self) -> None:
-        control = self.ctx.socket(zmq.PAIR)
-        control.connect("inproc://bench-events-control")
-        zmq.proxy_steerable(self.front, self.back, None, control)
-        for sock in (self.front, self.back, control):
-            sock.close(linger=0)
-
     def stop(self) -> tuple[int, int]:
         self.auth.flush_events(30)
-        self.control.send(b"TERMINATE")
-        self.proxy.join(10)
-        self.control.close(linger=0)
+        self.zap_proxy.close()
         dropped = self.auth.dropped_events
         self.auth.stop()
         self.ctx.term()

@@ -106,6 +106,43 @@ def _stop_echo(ctx: zmq.Context[zmq.Socket[bytes]], thread: threading.Thread) ->
     waker.close(linger=0)
 
 
+class ZapProxy:
+    """pyzmq's C proxy from an ipc endpoint to the context's ZAP endpoint.
+
+    The load generator (another process) sends ZAP requests to ``endpoint``;
+    ``close()`` stops the proxy and closes its sockets.
+    """
+
+    def __init__(self, ctx: zmq.Context[Any], name: str) -> None:
+        self.ctx = ctx
+        tag = f"{name}-{os.getpid()}-{id(self)}"
+        self.endpoint = f"ipc://{tempfile.gettempdir()}/zsec-bench-{tag}.ipc"
+        self.front = ctx.socket(zmq.ROUTER)
+        self.back = ctx.socket(zmq.DEALER)
+        for sock in (self.front, self.back):
+            sock.linger = 0
+            sock.sndhwm = sock.rcvhwm = 0
+        self.front.bind(self.endpoint)
+        self.back.connect("inproc://zeromq.zap.01")
+        self._control_address = f"inproc://proxy-control-{tag}"
+        self.control = ctx.socket(zmq.PAIR)
+        self.control.bind(self._control_address)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        control = self.ctx.socket(zmq.PAIR)
+        control.connect(self._control_address)
+        zmq.proxy_steerable(self.front, self.back, None, control)
+        for sock in (self.front, self.back, control):
+            sock.close(linger=0)
+
+    def close(self) -> None:
+        self.control.send(b"TERMINATE")
+        self.thread.join(10)
+        self.control.close(linger=0)
+
+
 class Handler:
     """Start one handler on a fresh context; stop() tears everything down."""
 
@@ -143,30 +180,11 @@ class Handler:
                 zauth.configure_curve("global", certs)
             self.stop_fn = zauth.stop
             self.thread_ident = zauth._thread.ident
-        self.endpoint = f"ipc://{tempfile.gettempdir()}/zsec-bench-{os.getpid()}-{kind}.ipc"
-        self.front = self.ctx.socket(zmq.ROUTER)
-        self.back = self.ctx.socket(zmq.DEALER)
-        for sock in (self.front, self.back):
-            sock.linger = 0
-            sock.sndhwm = sock.rcvhwm = 0
-        self.front.bind(self.endpoint)
-        self.back.connect("inproc://zeromq.zap.01")
-        self.control = self.ctx.socket(zmq.PAIR)
-        self.control.bind(f"inproc://proxy-control-{id(self)}")
-        self.proxy = threading.Thread(target=self._proxy, daemon=True)
-        self.proxy.start()
-
-    def _proxy(self) -> None:
-        control = self.ctx.socket(zmq.PAIR)
-        control.connect(f"inproc://proxy-control-{id(self)}")
-        zmq.proxy_steerable(self.front, self.back, None, control)
-        for sock in (self.front, self.back, control):
-            sock.close(linger=0)
+        self.zap_proxy = ZapProxy(self.ctx, kind)
+        self.endpoint = self.zap_proxy.endpoint
 
     def stop(self) -> None:
-        self.control.send(b"TERMINATE")
-        self.proxy.join(10)
-        self.control.close(linger=0)
+        self.zap_proxy.close()
         self.stop_fn()
         self.ctx.term()
 
