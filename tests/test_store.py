@@ -986,3 +986,32 @@ def test_a_secret_key_in_a_public_file_is_reported_once_per_change(
     _write_public(store_dir / "marker.key", _cert())
     wait_for(lambda: len(live) == 2)
     assert len(lines()) == 1
+
+
+def test_a_listener_looking_up_a_revoked_key_does_not_stall_the_watcher(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zsec import _dirsource
+
+    # A listener runs on the watcher thread; a miss there must not wait for
+    # the watcher (itself). With a long bound, such a wait shows as a hang.
+    monkeypatch.setattr(_dirsource, "MISS_WAIT_SECONDS", 60.0)
+    certs = [_cert(f"client {i}") for i in range(3)]
+    for i, cert in enumerate(certs):
+        _write_public(store_dir / f"client-{i}.cert", cert)
+    looked: list[bool] = []
+
+    def audit(change: zsec.StoreChange) -> None:
+        looked.extend(store.lookup(c.public_key) is None for c in change.removed)
+
+    with zsec.CertStore(store_dir, on_change=audit) as store:
+        assert store.lookup(certs[2].public_key) is not None
+        (store_dir / "client-0.cert").unlink()
+        wait_for(lambda: looked == [True], timeout=10, what="the listener saw the revocation")
+        # reload() delivers on the caller's thread while it holds the source:
+        # the same miss must not wait for a worker that cannot run.
+        (store_dir / "client-1.cert").unlink()
+        reloaded = threading.Event()
+        threading.Thread(target=lambda: (store.reload(), reloaded.set()), daemon=True).start()
+        wait_for(reloaded.is_set, timeout=10, what="reload() returned")
+        assert looked == [True, True]

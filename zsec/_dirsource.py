@@ -16,6 +16,7 @@ directory watched, and its certificates published as one change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from . import _trustdir as td
@@ -146,6 +147,9 @@ class DirectorySource(TrustSource):
         self._strict = bool(strict)
         self._polling = bool(polling)
         self._lock = threading.RLock()
+        # The thread inside ``_owned`` (feeding the store, so possibly running
+        # its listeners): a lookup there must not wait for the worker.
+        self._holder: int | None = None
         self._events: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._watch: Watch | None = None
         self._feed: TrustFeed | None = None
@@ -192,7 +196,7 @@ class DirectorySource(TrustSource):
 
     def start(self, feed: TrustFeed) -> None:
         self._feed = feed
-        with self._lock:
+        with self._owned():
             self._check_root()  # the first look: watch, then load
         feed.set_ready(True)
         self._worker = threading.Thread(
@@ -201,7 +205,7 @@ class DirectorySource(TrustSource):
         self._worker.start()
 
     def refresh(self) -> None:
-        with self._lock:
+        with self._owned():
             if self._closed:
                 return
             if self._check_root():
@@ -219,6 +223,16 @@ class DirectorySource(TrustSource):
         with self._sync:
             self._sync.notify_all()
 
+    @contextlib.contextmanager
+    def _owned(self) -> Iterator[None]:
+        """Hold the source's lock, remembering which thread does."""
+        with self._lock:
+            outer, self._holder = self._holder, threading.get_ident()
+            try:
+                yield
+            finally:
+                self._holder = outer
+
     # -- read-your-writes (called by CertStore.lookup on a miss, any thread) -----
 
     def catch_up(self, found: Callable[[], bool]) -> None:
@@ -230,6 +244,11 @@ class DirectorySource(TrustSource):
         ended early as soon as ``found()`` (the lookup again) succeeds.
         """
         if self._closed or self._worker is None:
+            return
+        if self._holder == threading.get_ident():
+            # A listener called while this thread feeds the store (the worker,
+            # or reload()): the look it would wait for needs this very thread,
+            # so waiting would only stall every change queued behind it.
             return
         try:
             stamp = _stamp(os.stat(self.root))
@@ -273,7 +292,7 @@ class DirectorySource(TrustSource):
             if STOP in batch:
                 return
             try:
-                with self._lock:
+                with self._owned():
                     if self._closed:
                         return
                     self._apply(batch)
@@ -282,7 +301,7 @@ class DirectorySource(TrustSource):
                 # store back in step with the directory.
                 log.exception("certificate store %s: update failed; rescanning", self.root)
                 try:
-                    with self._lock:
+                    with self._owned():
                         if not self._closed and self._check_root():
                             self._resync()
                 except Exception:
