@@ -201,3 +201,20 @@ def test_an_authenticator_takes_a_source_and_closes_the_store_it_made(
         auth.configure_curve("*", source)
         assert source.feed is not None and source.closed == 0
     assert source.closed == 1
+
+
+def test_a_feed_refuses_a_single_name_given_as_the_names_to_delete() -> None:
+    cert = zsec.Cert()
+    source = DictSource({"certs/alice": cert})
+    with zsec.CertStore(source) as store:
+        assert source.feed is not None
+        # A str is iterable: taken as names it would delete "c", "e", ...
+        # and leave alice trusted without a word.
+        for names in ("certs/alice", b"certs/alice"):
+            with pytest.raises(zsec.ZsecTypeError, match="delete"):
+                source.feed.update(delete=names)  # type: ignore[arg-type]
+        with pytest.raises(zsec.ZsecTypeError, match="mapping"):
+            source.feed.update(put=[("certs/bob", zsec.Cert())])  # type: ignore[arg-type]
+        assert store.lookup(cert.public_key) is not None
+        source.feed.update(delete=["certs/alice"])
+        assert store.lookup(cert.public_key) is None

@@ -51,7 +51,11 @@ class TrustFeed:
             store._feed_reset(entries)
 
     def update(self, put: Mapping[str, Cert] = {}, delete: Iterable[str] = ()) -> None:
-        """Remove the entries named in ``delete``, then set those in ``put``, as one change."""
+        """Remove the entries named in ``delete``, then set those in ``put``, as one change.
+
+        ``delete`` is a collection of names (a list, a set, dict keys), never
+        one name on its own: a lone ``str`` is refused with ``ZsecTypeError``.
+        """
         store = self._sink()
         if store is not None:
             store._feed_update(put, delete)

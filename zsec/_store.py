@@ -266,6 +266,13 @@ class CertStore:
 
     def _feed_update(self, put: Mapping[str, Cert], delete: Iterable[str]) -> None:
         clean = _trusted_entries(put)
+        if isinstance(delete, (str, bytes, bytearray)):
+            # Iterable, so taken as names it would delete its characters and
+            # silently leave the entry it names trusted.
+            raise ZsecTypeError(
+                f"delete must be a collection of entry names, not one {type(delete).__name__}: "
+                f"write delete=[{delete!r}]"
+            )
         gone = [_entry_name(name) for name in delete]
         with self._lock:
             if self._closed:
@@ -328,6 +335,10 @@ def _entry_name(name: object) -> str:
 
 def _trusted_entries(entries: Mapping[str, Cert]) -> dict[str, Cert]:
     """Check a feed's entries and keep a read-only public copy of each certificate."""
+    if not isinstance(entries, Mapping):
+        raise ZsecTypeError(
+            f"trust entries must be a mapping of entry name to Cert, not {type(entries).__name__}"
+        )
     clean: dict[str, Cert] = {}
     for name, cert in entries.items():
         if not isinstance(cert, Cert):
