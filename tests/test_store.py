@@ -1015,3 +1015,24 @@ def test_a_listener_looking_up_a_revoked_key_does_not_stall_the_watcher(
         threading.Thread(target=lambda: (store.reload(), reloaded.set()), daemon=True).start()
         wait_for(reloaded.is_set, timeout=10, what="reload() returned")
         assert looked == [True, True]
+
+
+def test_a_miss_after_a_full_reload_does_not_wait(store_dir: Path) -> None:
+    from zsec._dirsource import _stamp
+
+    _write_public(store_dir / "c.key", _cert())
+    with zsec.CertStore(store_dir) as store:
+        directory = store._directory
+        assert directory is not None
+        wait_for(
+            lambda: directory._synced == _stamp(os.stat(store_dir)),
+            what="the store has looked at the directory as it is",
+        )
+        # A full read (reload(), or the rescan after the kernel dropped
+        # events) has seen the directory: it must not make the next misses
+        # wait for the worker, or whoever forces rescans slows every miss.
+        store.reload()
+        tickets = directory._tickets
+        for _ in range(20):
+            assert store.lookup(zsec.Cert().public_key) is None
+        assert directory._tickets == tickets

@@ -503,8 +503,17 @@ class DirectorySource(TrustSource):
     # -- reading ---------------------------------------------------------------------
 
     def _resync(self, stamp: tuple[tuple[int, ...], bool] | None = None) -> None:
-        """Read the whole directory again and feed it as one reset."""
+        """Read the whole directory again and feed it as one reset.
+
+        ``stamp`` is the root's stamp taken before the events in hand were
+        read, if the caller has one; otherwise it is taken now, before the
+        scan. A full read has seen the directory either way, so it settles
+        read-your-writes: rescans forced from outside (a dropped event, a
+        reload) never leave lookups that miss waiting for the worker.
+        """
         assert self._real is not None
+        if stamp is None:
+            stamp = self._root_stamp()
         self.reloads += 1
         found = td.scan(self._real, self.root, self._real, strict=self._strict)
         self._inodes, self._links, self._verdicts = found.inodes, found.links, found.verdicts
