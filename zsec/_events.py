@@ -454,6 +454,10 @@ class AuditLog:
         self._id: tuple[int, int] = (0, 0)
         self.lines = 0
         self.errors = 0
+        #: Event lines that a failed write (full disk, I/O error) did not store.
+        self.lost = 0
+        # A failed write left part of a line at the end of the file.
+        self._torn = False
         self._next_error_report = 0.0
         self._open()
 
@@ -471,6 +475,7 @@ class AuditLog:
                     os.write(fd, b"\n")
         # Where the next line starts: O_APPEND leaves the offset at the end.
         self._offset = os.lseek(fd, 0, os.SEEK_END)
+        self._torn = False
         old, self._fd, self._id = self._fd, fd, (st.st_dev, st.st_ino)
         if old >= 0:
             os.close(old)
@@ -499,10 +504,16 @@ class AuditLog:
             except (OSError, AuthError) as exc:
                 self._failed(exc)
             lines = [audit_line(event) for event in events]
+            out: list[bytes] = []
+            start = self._offset
+            if self._torn:
+                # A write cut short (disk full) ended mid-line: end that
+                # fragment, or the first new line would be glued to it and lost.
+                out.append(b"\n")
+                start += 1
             # No line may straddle a 4 KiB boundary of the file: a line that
             # would is preceded by a padding line that closes the block.
-            free = _BLOCK - self._offset % _BLOCK  # left in the current block
-            out: list[bytes] = []
+            free = _BLOCK - start % _BLOCK  # left in the current block
             for i, line in enumerate(lines):
                 size = len(line)
                 if size > _BLOCK:
@@ -525,17 +536,25 @@ class AuditLog:
 
     def _flush(self, fd: int, chunk: list[bytes], count: int) -> None:
         data = b"".join(chunk)
+        done = 0
         try:
-            done = os.write(fd, data)
-            while done < len(data):  # a short write (disk nearly full)
+            while done < len(data):  # a short write (disk nearly full) goes on
                 done += os.write(fd, data[done:])
         except OSError as exc:
+            # A write that raises wrote nothing, so ``done`` bytes are in the
+            # file: count the event lines among them (padding starts "{ "
+            # or is "{}"), and the rest as lost, not written.
+            written = sum(1 for piece in _whole(chunk, done) if piece.startswith(b'{"'))
+            self.lines += written
+            self.lost += count - written
             self._failed(exc)
-            # Where the file ends now is unknown: ask.
+            # Where the file ends now, and whether mid-line: ask.
             with contextlib.suppress(OSError):
                 self._offset = os.lseek(fd, 0, os.SEEK_END)
+                self._torn = self._offset > 0 and os.pread(fd, 1, self._offset - 1) != b"\n"
             return
         self._offset += done
+        self._torn = False
         self.lines += count
 
     def _failed(self, exc: Exception) -> None:
@@ -558,6 +577,15 @@ class AuditLog:
 
 _BLOCK = 4096
 _FIELD_LIMIT = 200
+
+
+def _whole(chunk: list[bytes], size: int) -> Iterator[bytes]:
+    """The pieces of ``chunk`` that lie wholly within its first ``size`` bytes."""
+    for piece in chunk:
+        size -= len(piece)
+        if size < 0:
+            return
+        yield piece
 
 
 def _padding(size: int) -> bytes:
