@@ -787,6 +787,11 @@ class Metrics:
         yield CounterMetricFamily(
             "zsec_audit_lines", "Lines written to the audit log", value=self._hub.audit_lines()
         )
+        yield CounterMetricFamily(
+            "zsec_audit_lost",
+            "Audit lines lost because a write failed (disk full, I/O error)",
+            value=self._hub.audit_lost(),
+        )
 
 
 _MECHANISMS = frozenset({"NULL", "PLAIN", "CURVE"})
@@ -978,6 +983,10 @@ class EventHub:
     def audit_lines(self) -> int:
         audit = self._audit
         return 0 if audit is None else audit.lines
+
+    def audit_lost(self) -> int:
+        audit = self._audit
+        return 0 if audit is None else audit.lost
 
     def enable_metrics(self) -> Metrics:
         with self._lock:
