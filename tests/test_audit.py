@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -244,3 +245,33 @@ def test_lines_after_a_full_disk_are_not_glued_to_a_torn_line(tmp_path: Path) ->
     # The batch that did not fit is counted as lost, not as written.
     assert counts["lines"] + counts["lost"] == 103
     assert counts["lines"] == len(names)
+
+
+class _BrokenFilter(logging.Filter):
+    """An application's logging filter with a bug: it raises on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raise RuntimeError("bug in the application's log filter")
+
+
+def test_a_raising_log_filter_loses_no_audit_line(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    auth.audit_log(path)
+    seen: list[Any] = []
+    auth.subscribe(seen.append)
+    broken = _BrokenFilter()
+    logger = logging.getLogger("zsec.auth")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # refusals are logged at INFO
+    logger.addFilter(broken)
+    try:
+        zap_ask(ctx, *[req(b"PLAIN", b"bob", b"Wr0ng-Value")] * 3)
+        assert auth.flush_events()
+    finally:
+        logger.removeFilter(broken)
+        logger.setLevel(level)
+    names = [r["username"] for r in read_audit(_lines(path))]
+    assert names == ["bob"] * 3
+    wait_for(lambda: len(seen) == 3, what="the subscriber's three events")

@@ -1077,14 +1077,9 @@ class EventHub:
                 events.append(item)
         if events:
             policy = self.policy()
-            verbose = policy.verbose
-            if log.isEnabledFor(logging.DEBUG) or verbose:
-                for event in events:
-                    log_event(event, verbose)
-            else:
-                for event in events:
-                    if type(event) is not Decision or event.status != 200:
-                        log_event(event, verbose)
+            # The audit trail first: nothing the application plugs into
+            # logging (a filter or handler that raises) may cost an audit
+            # line, a count or a subscriber's event.
             audit = self._audit
             if audit is not None:
                 audit.write(events)
@@ -1096,6 +1091,19 @@ class EventHub:
                 lost = subscription.offer(events)
                 if lost:
                     self._drop(lost)
+            verbose = policy.verbose
+            try:
+                if log.isEnabledFor(logging.DEBUG) or verbose:
+                    for event in events:
+                        log_event(event, verbose)
+                else:
+                    for event in events:
+                        if type(event) is not Decision or event.status != 200:
+                            log_event(event, verbose)
+            except Exception:  # noqa: BLE001, S110 - an application's filter raised
+                # The broken logger cannot report its own failure; the rest of
+                # the batch's log lines are lost, nothing else is.
+                pass
         for marker in markers:
             marker.set()
 
