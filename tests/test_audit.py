@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -205,3 +206,72 @@ def test_a_decision_line_is_the_json_of_its_event() -> None:
         line = audit_line(event)
         assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
         assert json.loads(line) == json.loads(json.dumps(event.to_dict()))
+
+
+_FULL_DISK_WRITER = """
+import json, resource, signal, sys, time
+from zsec._events import AuditLog, Decision
+# A file-size limit stands in for a full disk: the kernel writes what fits
+# (a short write), then refuses the rest with EFBIG.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+def event(name):
+    return Decision(time.time(), "PLAIN", "global", "127.0.0.1", name, None, None,
+                    "refused", 400, "wrong password", "wrong-password", 0.0001)
+audit = AuditLog(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (5000, hard))
+audit.write([event(f"before{i}") for i in range(100)])
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space is back
+audit.write([event(f"after{i}") for i in range(3)])
+audit.close()
+print(json.dumps({"lost": audit.lost, "lines": audit.lines}))
+"""
+
+
+def test_lines_after_a_full_disk_are_not_glued_to_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_WRITER, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout)
+    names = [r["username"] for r in read_audit(_lines(path))]
+    # Once the disk has room again every new line is whole and parses.
+    assert names[-3:] == ["after0", "after1", "after2"]
+    # The batch that did not fit is counted as lost, not as written.
+    assert counts["lines"] + counts["lost"] == 103
+    assert counts["lines"] == len(names)
+
+
+class _BrokenFilter(logging.Filter):
+    """An application's logging filter with a bug: it raises on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raise RuntimeError("bug in the application's log filter")
+
+
+def test_a_raising_log_filter_loses_no_audit_line(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    auth.audit_log(path)
+    seen: list[Any] = []
+    auth.subscribe(seen.append)
+    broken = _BrokenFilter()
+    logger = logging.getLogger("zsec.auth")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # refusals are logged at INFO
+    logger.addFilter(broken)
+    try:
+        zap_ask(ctx, *[req(b"PLAIN", b"bob", b"Wr0ng-Value")] * 3)
+        assert auth.flush_events()
+    finally:
+        logger.removeFilter(broken)
+        logger.setLevel(level)
+    names = [r["username"] for r in read_audit(_lines(path))]
+    assert names == ["bob"] * 3
+    wait_for(lambda: len(seen) == 3, what="the subscriber's three events")

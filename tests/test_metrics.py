@@ -105,3 +105,16 @@ def test_metrics_can_join_the_applications_registry(auth: zsec.Auth) -> None:
     registry = CollectorRegistry()
     assert auth.enable_metrics(registry) is registry
     assert b"\nzsec_events_dropped_total 0.0\n" in generate_latest(registry)
+
+
+def test_audit_lines_lost_to_a_full_disk_are_a_metric(
+    ctx: zmq.Context[Any], auth: zsec.Auth
+) -> None:
+    # /dev/full is a real device on which every write fails with ENOSPC.
+    auth.audit_log("/dev/full")
+    port = auth.serve_metrics(0)
+    zap_ask(ctx, *[req(b"PLAIN", b"nobody", b"Wr0ng-Value")] * 4)
+    assert auth.flush_events()
+    _, samples = _scrape(port)
+    assert samples["zsec_audit_lines_total", ()] == 0
+    assert samples["zsec_audit_lost_total", ()] == 4

@@ -1036,3 +1036,27 @@ def test_a_miss_after_a_full_reload_does_not_wait(store_dir: Path) -> None:
         for _ in range(20):
             assert store.lookup(zsec.Cert().public_key) is None
         assert directory._tickets == tickets
+
+
+def test_a_hostile_file_name_cannot_forge_or_hide_a_store_log_line(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whoever can drop a file in a synced trust directory chooses its name: a
+    # newline would start a forged log line, an escape sequence rewrite the
+    # operator's terminal.
+    forged = "\n2026-01-01 INFO zsec.store certificate store ready\x1b[2K"
+    (store_dir / f"bad{forged}").write_bytes(b"not a certificate")
+    secret = zsec.Cert()
+    secret.save(store_dir.parent / "leaked.key")
+    secret_text = (store_dir.parent / "leaked.key_secret").read_bytes()
+    (store_dir / f"leaked{forged}").write_bytes(secret_text)  # a secret in a public name
+    (store_dir / f"leaked{forged}").chmod(0o600)
+    (store_dir / f"copy{forged}_secret").write_bytes(secret_text)
+    with caplog.at_level(logging.INFO, logger="zsec.store"), zsec.CertStore(store_dir) as store:
+        assert store.lookup(secret.public_key) is not None
+    messages = [r.getMessage() for r in caplog.records if r.name == "zsec.store"]
+    assert any("skipped certificate" in m and "bad" in m for m in messages)
+    assert any("holds a secret key" in m and "leaked" in m for m in messages)
+    assert any("is a secret certificate file" in m for m in messages)
+    for message in messages:
+        assert "\n" not in message and "\x1b" not in message, message

@@ -454,6 +454,10 @@ class AuditLog:
         self._id: tuple[int, int] = (0, 0)
         self.lines = 0
         self.errors = 0
+        #: Event lines that a failed write (full disk, I/O error) did not store.
+        self.lost = 0
+        # A failed write left part of a line at the end of the file.
+        self._torn = False
         self._next_error_report = 0.0
         self._open()
 
@@ -471,6 +475,7 @@ class AuditLog:
                     os.write(fd, b"\n")
         # Where the next line starts: O_APPEND leaves the offset at the end.
         self._offset = os.lseek(fd, 0, os.SEEK_END)
+        self._torn = False
         old, self._fd, self._id = self._fd, fd, (st.st_dev, st.st_ino)
         if old >= 0:
             os.close(old)
@@ -499,10 +504,16 @@ class AuditLog:
             except (OSError, AuthError) as exc:
                 self._failed(exc)
             lines = [audit_line(event) for event in events]
+            out: list[bytes] = []
+            start = self._offset
+            if self._torn:
+                # A write cut short (disk full) ended mid-line: end that
+                # fragment, or the first new line would be glued to it and lost.
+                out.append(b"\n")
+                start += 1
             # No line may straddle a 4 KiB boundary of the file: a line that
             # would is preceded by a padding line that closes the block.
-            free = _BLOCK - self._offset % _BLOCK  # left in the current block
-            out: list[bytes] = []
+            free = _BLOCK - start % _BLOCK  # left in the current block
             for i, line in enumerate(lines):
                 size = len(line)
                 if size > _BLOCK:
@@ -525,17 +536,25 @@ class AuditLog:
 
     def _flush(self, fd: int, chunk: list[bytes], count: int) -> None:
         data = b"".join(chunk)
+        done = 0
         try:
-            done = os.write(fd, data)
-            while done < len(data):  # a short write (disk nearly full)
+            while done < len(data):  # a short write (disk nearly full) goes on
                 done += os.write(fd, data[done:])
         except OSError as exc:
+            # A write that raises wrote nothing, so ``done`` bytes are in the
+            # file: count the event lines among them (padding starts "{ "
+            # or is "{}"), and the rest as lost, not written.
+            written = sum(1 for piece in _whole(chunk, done) if piece.startswith(b'{"'))
+            self.lines += written
+            self.lost += count - written
             self._failed(exc)
-            # Where the file ends now is unknown: ask.
+            # Where the file ends now, and whether mid-line: ask.
             with contextlib.suppress(OSError):
                 self._offset = os.lseek(fd, 0, os.SEEK_END)
+                self._torn = self._offset > 0 and os.pread(fd, 1, self._offset - 1) != b"\n"
             return
         self._offset += done
+        self._torn = False
         self.lines += count
 
     def _failed(self, exc: Exception) -> None:
@@ -558,6 +577,15 @@ class AuditLog:
 
 _BLOCK = 4096
 _FIELD_LIMIT = 200
+
+
+def _whole(chunk: list[bytes], size: int) -> Iterator[bytes]:
+    """The pieces of ``chunk`` that lie wholly within its first ``size`` bytes."""
+    for piece in chunk:
+        size -= len(piece)
+        if size < 0:
+            return
+        yield piece
 
 
 def _padding(size: int) -> bytes:
@@ -759,6 +787,11 @@ class Metrics:
         yield CounterMetricFamily(
             "zsec_audit_lines", "Lines written to the audit log", value=self._hub.audit_lines()
         )
+        yield CounterMetricFamily(
+            "zsec_audit_lost",
+            "Audit lines lost because a write failed (disk full, I/O error)",
+            value=self._hub.audit_lost(),
+        )
 
 
 _MECHANISMS = frozenset({"NULL", "PLAIN", "CURVE"})
@@ -951,6 +984,10 @@ class EventHub:
         audit = self._audit
         return 0 if audit is None else audit.lines
 
+    def audit_lost(self) -> int:
+        audit = self._audit
+        return 0 if audit is None else audit.lost
+
     def enable_metrics(self) -> Metrics:
         with self._lock:
             if self.metrics is None:
@@ -1040,14 +1077,9 @@ class EventHub:
                 events.append(item)
         if events:
             policy = self.policy()
-            verbose = policy.verbose
-            if log.isEnabledFor(logging.DEBUG) or verbose:
-                for event in events:
-                    log_event(event, verbose)
-            else:
-                for event in events:
-                    if type(event) is not Decision or event.status != 200:
-                        log_event(event, verbose)
+            # The audit trail first: nothing the application plugs into
+            # logging (a filter or handler that raises) may cost an audit
+            # line, a count or a subscriber's event.
             audit = self._audit
             if audit is not None:
                 audit.write(events)
@@ -1059,6 +1091,19 @@ class EventHub:
                 lost = subscription.offer(events)
                 if lost:
                     self._drop(lost)
+            verbose = policy.verbose
+            try:
+                if log.isEnabledFor(logging.DEBUG) or verbose:
+                    for event in events:
+                        log_event(event, verbose)
+                else:
+                    for event in events:
+                        if type(event) is not Decision or event.status != 200:
+                            log_event(event, verbose)
+            except Exception:  # noqa: BLE001, S110 - an application's filter raised
+                # The broken logger cannot report its own failure; the rest of
+                # the batch's log lines are lost, nothing else is.
+                pass
         for marker in markers:
             marker.set()
 
