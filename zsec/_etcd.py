@@ -118,7 +118,7 @@ class EtcdSettings:
     plain TCP except to a loopback address. The password is not in the repr.
     """
 
-    endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    endpoints: Sequence[str] = ("127.0.0.1:2379",)
     ca_cert: str | None = None
     cert: str | None = None
     key: str | None = None
@@ -127,8 +127,11 @@ class EtcdSettings:
     timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.endpoints, str):
-            object.__setattr__(self, "endpoints", tuple(self.endpoints.split(",")))
+        # One comma-separated string or any sequence; always a tuple after.
+        endpoints = self.endpoints
+        parts = endpoints.split(",") if isinstance(endpoints, str) else endpoints
+        object.__setattr__(self, "endpoints", tuple(parts))
+        object.__setattr__(self, "timeout", float(self.timeout))
         if not self.endpoints:
             raise ZsecValueError("give at least one etcd endpoint, such as 127.0.0.1:2379")
         for endpoint in self.endpoints:
@@ -801,8 +804,7 @@ class EtcdSource(_Following, TrustSource):
         timeout: float = 5.0,
         max_outage: float | None = 60.0,
     ) -> None:
-        eps = tuple(endpoints.split(",")) if isinstance(endpoints, str) else tuple(endpoints)
-        self.settings = EtcdSettings(eps, ca_cert, cert, key, user, password, float(timeout))
+        self.settings = EtcdSettings(endpoints, ca_cert, cert, key, user, password, timeout)
         self.prefix = prefix
         self.max_outage = max_outage
         self._feed: TrustFeed | None = None
@@ -956,8 +958,7 @@ class EtcdPasswords(_Following, PasswordTable):
         max_outage: float | None = 60.0,
     ) -> None:
         super().__init__({})
-        eps = tuple(endpoints.split(",")) if isinstance(endpoints, str) else tuple(endpoints)
-        self.settings = EtcdSettings(eps, ca_cert, cert, key, user, password, float(timeout))
+        self.settings = EtcdSettings(endpoints, ca_cert, cert, key, user, password, timeout)
         self.prefix = prefix
         self._users: dict[str, bytes] = {}
         self._bad: set[str] = set()
@@ -1064,8 +1065,7 @@ class EtcdBans:
     ) -> None:
         import queue
 
-        eps = tuple(endpoints.split(",")) if isinstance(endpoints, str) else tuple(endpoints)
-        self.settings = EtcdSettings(eps, ca_cert, cert, key, user, password, float(timeout))
+        self.settings = EtcdSettings(endpoints, ca_cert, cert, key, user, password, timeout)
         self.prefix = prefix
         self._limiters: list[Any] = []
         self._bans: dict[str, float] = {}  # address -> seconds, as etcd holds them

@@ -68,7 +68,7 @@ def _connect(args: argparse.Namespace, stdin: TextIO) -> EtcdConnection:
         else:
             raise ZsecError("no terminal to ask for the etcd password; pass --password-stdin")
     settings = EtcdSettings(
-        tuple(args.endpoints.split(",")),
+        args.endpoints,
         ca_cert=args.ca_cert,
         cert=args.cert,
         key=args.key,
