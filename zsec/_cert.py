@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import hmac
 import re
-from collections.abc import Callable
 from typing import Any
 
 from . import _zpl
@@ -58,15 +57,9 @@ _FAST_CERT = re.compile(
     _SKIP_LINES + r"metadata[ \t]*\n((?:" + _META_LINE.replace("(", "(?:") + r")*)" + _CURVE_SECTION
 )
 _FAST_META = re.compile(_META_LINE)
-# Past this many lines a file is not a common certificate: trying the layout
-# first would only add its cost to the full reader's.
-_FAST_MAX_LINES = 64
-# The same layout with up to 8 metadata lines captured directly, which saves
-# a second pass over them in the common case.
-_FAST_LINES = 8
-_FAST_CERT_8 = re.compile(
-    _SKIP_LINES + r"metadata[ \t]*\n" + f"(?:{_META_LINE})?" * _FAST_LINES + _CURVE_SECTION
-)
+# Past this size a file is not a common certificate (those are under 1 KiB):
+# trying the layout first would only add its cost to the full reader's.
+_FAST_MAX_BYTES = 8192
 
 _PUBLIC_BANNER = (
     "   ZeroMQ CURVE Public Certificate",
@@ -111,16 +104,17 @@ def check_meta_value(value: object) -> str:
     return value
 
 
-def fast_fields(
-    data: bytes, share: Callable[[str, str], str] | None = None
-) -> tuple[str, str | None, dict[str, str]] | None:
+def fast_fields(data: bytes) -> tuple[str, str | None, str] | None:
     """Read the common certificate layout quickly, or return None to use the full reader.
 
-    Returns (public key text, secret key text or None, metadata); the key
-    texts are 40 characters of the Z85 alphabet, not yet decoded. ``share``
-    (a dict's ``setdefault``) canonicalises metadata strings.
+    Returns (public key text, secret key text or None, metadata block); the
+    key texts are 40 characters of the Z85 alphabet, not yet decoded. The
+    metadata block is the section's lines exactly as matched, each known to
+    be ``    name = "value"``: ``meta_from_block`` turns it into a dict, and
+    a certificate keeps it as it is until its metadata is first asked for,
+    which makes loading a large store cheaper in time and memory.
     """
-    if b"\r" in data or len(data) > MAX_CERT_BYTES or data.count(b"\n") > _FAST_MAX_LINES:
+    if len(data) > _FAST_MAX_BYTES or b"\r" in data:
         return None
     try:
         text = data.decode("utf-8")
@@ -128,29 +122,19 @@ def fast_fields(
         return None
     if text[-1:] != "\n":
         text += "\n"
-    match = _FAST_CERT_8.fullmatch(text)
-    if match is not None:
-        groups = match.groups()
-        public_txt, secret_txt = groups[-2:]
-        names = groups[0 : 2 * _FAST_LINES : 2]
-        count = names.index(None) if None in names else _FAST_LINES
-        if share is None:
-            meta = dict(zip(names[:count], groups[1 : 2 * count : 2], strict=True))
-        else:
-            keys, values = names[:count], groups[1 : 2 * count : 2]
-            meta = dict(zip(map(share, keys, keys), map(share, values, values), strict=True))
-        if len(meta) != count or names[count:].count(None) != _FAST_LINES - count:
-            return None  # a repeated name (first wins) or a gap: the full reader decides
-    else:
-        match = _FAST_CERT.fullmatch(text)
-        if match is None:
-            return None
-        block, public_txt, secret_txt = match.groups()
-        pairs = _FAST_META.findall(block)
-        meta = dict(pairs)
-        if len(meta) != len(pairs):
-            return None
-    return public_txt, secret_txt, meta
+    match = _FAST_CERT.fullmatch(text)
+    if match is None:
+        return None
+    block, public_txt, secret_txt = match.groups()
+    return public_txt, secret_txt, block
+
+
+def meta_from_block(block: str) -> dict[str, str]:
+    """The metadata of a block ``fast_fields`` matched, the first of two equal names winning."""
+    meta: dict[str, str] = {}
+    for name, value in _FAST_META.findall(block):
+        meta.setdefault(name, value)
+    return meta
 
 
 def _key_field(curve: _zpl.ZplNode | None, name: str, source: str) -> bytes | None:
@@ -164,8 +148,11 @@ def _key_field(curve: _zpl.ZplNode | None, name: str, source: str) -> bytes | No
         raise CertificateError(f"{source}: curve/{name} must be 40 Z85 characters") from None
 
 
-def public_cert(public: bytes, public_txt: str, meta: dict[str, str]) -> Cert:
-    """Make a read-only public certificate from already checked parts (store fast path)."""
+def public_cert(public: bytes, public_txt: str, meta: str) -> Cert:
+    """Make a read-only public certificate from already checked parts (store fast path).
+
+    ``meta`` is a metadata block as ``fast_fields`` returns it.
+    """
     cert = object.__new__(Cert)
     cert._public, cert._public_txt, cert._secret, cert._meta = public, public_txt, None, meta
     cert._frozen = True
@@ -183,17 +170,20 @@ class Cert:
     __slots__ = ("_frozen", "_meta", "_path", "_public", "_public_txt", "_secret")
     # The file ``load`` read (set only there): lets an error message name it.
     _path: str
+    # A dict, or the raw block of a file read by the fast path, turned into
+    # a dict on first use (``_metadata``); both hold the same entries.
+    _meta: dict[str, str] | str
 
     def __init__(self) -> None:
         public, secret = generate_keypair()
         self._public = public
         self._secret: bytes | None = secret
         self._public_txt: str | None = None
-        self._meta: dict[str, str] = {}
+        self._meta = {}
         self._frozen = False
 
     @classmethod
-    def _new(cls, public: bytes, secret: bytes | None, meta: dict[str, str]) -> Cert:
+    def _new(cls, public: bytes, secret: bytes | None, meta: dict[str, str] | str) -> Cert:
         cert = cls.__new__(cls)
         cert._public = public
         cert._secret = secret
@@ -201,6 +191,14 @@ class Cert:
         cert._meta = meta
         cert._frozen = False
         return cert
+
+    def _metadata(self) -> dict[str, str]:
+        meta = self._meta
+        if isinstance(meta, str):
+            # Two threads may both get here with a shared certificate: each
+            # builds an equal dict, and either assignment is as good.
+            meta = self._meta = meta_from_block(meta)
+        return meta
 
     def _freeze(self) -> None:
         # Certificates shared through a CertStore are read by other threads.
@@ -210,7 +208,8 @@ class Cert:
         """A read-only copy without the secret key, as a trust store keeps it (or self)."""
         if self._frozen and self._secret is None:
             return self
-        cert = self._new(self._public, None, dict(self._meta))
+        meta = self._meta if isinstance(self._meta, str) else dict(self._meta)
+        cert = self._new(self._public, None, meta)
         cert._public_txt = self._public_txt
         cert._frozen = True
         return cert
@@ -346,25 +345,25 @@ class Cert:
         printable text, which ``save`` writes so that it reads back exactly.
         """
         self._check_mutable()
-        self._meta[check_meta_name(name)] = check_meta_value(value)
+        self._metadata()[check_meta_name(name)] = check_meta_value(value)
 
     def meta(self, name: str) -> str | None:
         """Return the value of a metadata entry, or None."""
-        return self._meta.get(name)
+        return self._metadata().get(name)
 
     def meta_keys(self) -> list[str]:
         """Return the metadata names in the order they were set or read."""
-        return list(self._meta)
+        return list(self._metadata())
 
     def unset_meta(self, name: str) -> None:
         """Remove a metadata entry; removing a missing one is not an error."""
         self._check_mutable()
-        self._meta.pop(name, None)
+        self._metadata().pop(name, None)
 
     @property
     def metadata(self) -> dict[str, str]:
         """A copy of all metadata, in order."""
-        return dict(self._meta)
+        return dict(self._metadata())
 
     # -- files ------------------------------------------------------------
 
@@ -405,7 +404,7 @@ class Cert:
         banner = _SECRET_BANNER if secret else _PUBLIC_BANNER
         header = (f"   ****  Generated on {stamp} by zsec  ****", *banner)
         metadata = _zpl.ZplNode("metadata")
-        metadata.children = [_zpl.ZplNode(k, v) for k, v in self._meta.items()]
+        metadata.children = [_zpl.ZplNode(k, v) for k, v in self._metadata().items()]
         curve = _zpl.ZplNode("curve", None, [_zpl.ZplNode("public-key", self.public_txt)])
         if secret:
             assert self._secret is not None
@@ -442,7 +441,7 @@ class Cert:
 
     def dup(self) -> Cert:
         """Return an independent copy (keys and metadata)."""
-        return self._new(self._public, self._secret, dict(self._meta))
+        return self._new(self._public, self._secret, dict(self._metadata()))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Cert):
@@ -456,7 +455,9 @@ class Cert:
 
     def __repr__(self) -> str:
         secret = "[secure]" if self._secret is not None else "None"
-        return f"Cert(public_key={self.public_txt!r}, secret_key={secret}, meta={self._meta!r})"
+        return (
+            f"Cert(public_key={self.public_txt!r}, secret_key={secret}, meta={self._metadata()!r})"
+        )
 
     __str__ = __repr__
 

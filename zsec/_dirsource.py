@@ -460,11 +460,17 @@ class DirectorySource(TrustSource):
                 self._forget_root()
             return False
         if current == self._root_id and real == self._real:
-            if watch is not None and watch.alive():
+            if watch is None or not watch.alive():
+                log.warning(
+                    "watcher for %s stopped unexpectedly; restarting it and rescanning", self.root
+                )
+            elif watch.recursive or not _may_have_subdirs(st):
                 return True
-            log.warning(
-                "watcher for %s stopped unexpectedly; restarting it and rescanning", self.root
-            )
+            else:
+                log.info(
+                    "certificate directory %s has a subdirectory now: watching the whole tree",
+                    _printable(self.root),
+                )
         elif self._real is None:
             if self._worker is not None:  # not the first look
                 log.warning("certificate directory %s is back: loading it", self.root)
@@ -476,19 +482,31 @@ class DirectorySource(TrustSource):
             )
         else:
             log.warning("certificate directory %s was replaced by another: loading it", self.root)
-        stamp = self._root_stamp()
-        new = Watch(self._events, polling=self._polling)
-        # Watch first, then scan: a change during the scan is then seen
-        # twice rather than never.
-        new.start(real, (os.path.dirname(self.root), os.path.basename(self.root)))
-        self._watch = new
         self._real, self._root_id = real, current
-        self._resync(stamp)
+        self._watch_and_load(real, recursive=_may_have_subdirs(st))
+        assert self._watch is not None
+        if not self._watch.recursive and any(d != real for d in self._verdicts):
+            # The link count said there is no subdirectory, the listing found
+            # one (a file system that does not count them): watch the tree.
+            flat = self._watch
+            self._watch_and_load(real, recursive=True)
+            flat.stop(wait=False)
         if watch is not None:
             # Not waited for: its threads end on their own, and the new set
             # is already in force.
             watch.stop(wait=False)
         return False
+
+    def _watch_and_load(self, real: str, *, recursive: bool) -> None:
+        """Start a new watch on ``real``, then read it all and feed it as one change."""
+        stamp = self._root_stamp()
+        watch = Watch(self._events, polling=self._polling)
+        # Watch first, then scan: a change during the scan is then seen
+        # twice rather than never.
+        root_name = (os.path.dirname(self.root), os.path.basename(self.root))
+        watch.start(real, root_name, recursive=recursive)
+        self._watch = watch
+        self._resync(stamp)
 
     def _forget_root(self) -> None:
         watch, self._watch = self._watch, None
@@ -711,6 +729,15 @@ class DirectorySource(TrustSource):
                 "belongs only on the machine that uses it)",
                 _printable(path),
             )
+
+
+def _may_have_subdirs(st: os.stat_result) -> bool:
+    """Whether a directory's link count allows subdirectories (2 = itself and its ``.``).
+
+    Most Linux file systems count one link per subdirectory (its ``..``);
+    btrfs and some others always say 1, which counts as "maybe".
+    """
+    return st.st_nlink != 2
 
 
 def _stamp(st: os.stat_result) -> tuple[int, ...]:

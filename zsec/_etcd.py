@@ -849,11 +849,10 @@ class EtcdSource(_Following, TrustSource):
         # full reader, which also gives the reason an entry is refused.
         good: dict[str, Cert] = {}
         bad: list[str] = []
-        pending: list[tuple[str, str, dict[str, str]]] = []
+        pending: list[tuple[str, str, str]] = []
         slow: list[str] = []
-        shared: dict[str, str] = {}
         for name, value in values.items():
-            fields = fast_fields(value, shared.setdefault) if len(value) > 60 else None
+            fields = fast_fields(value) if len(value) > 60 else None
             if fields is None or fields[1] is not None:
                 slow.append(name)
             else:

@@ -200,7 +200,7 @@ _Raw = tuple[float, float, "ZapRequest | None", "ZapReply", "Cert | None", "list
 def _cert_name(cert: Cert | None) -> str | None:
     if cert is None:
         return None
-    return cert._meta.get("name")
+    return cert.meta("name")
 
 
 class _Anchor:
@@ -281,7 +281,7 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
             address,
             username,
             key,
-            None if cert is None else cert._meta.get("name"),
+            None if cert is None else cert.meta("name"),
             verdict,
             status,
             reason,

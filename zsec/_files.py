@@ -62,13 +62,17 @@ def read_regular(
     *,
     dir_fd: int | None = None,
     name: str | None = None,
+    seen_regular: bool = False,
 ) -> tuple[bytes, os.stat_result]:
     """Read a whole regular file of at most ``limit`` bytes, without ever blocking.
 
     The one reader for every file zsec opens. Returns the content and the
     ``fstat`` of the file that was read, so that checks on owner and mode
     describe the same file as the content. With ``dir_fd`` the file is
-    opened as ``name`` relative to that directory.
+    opened as ``name`` relative to that directory. ``seen_regular`` says
+    that the caller has just seen a regular file at this name without
+    following links (``os.DirEntry.is_file(follow_symlinks=False)``, which
+    is free with ``scandir``), so the check before opening is skipped.
 
     Raises ``FileAccessError``: with the OS errno (ENOENT, EACCES, ...)
     when it cannot be opened or read; without one when it is not a regular
@@ -80,7 +84,7 @@ def read_regular(
         # writer waiting on a FIFO, arms /dev/watchdog, rewinds a tape), so
         # refuse those before opening; the fstat below checks again what
         # was actually opened, in case the path changed in between.
-        if not stat.S_ISREG(os.stat(target, dir_fd=dir_fd).st_mode):
+        if not seen_regular and not stat.S_ISREG(os.stat(target, dir_fd=dir_fd).st_mode):
             raise FileAccessError(f"{what} {path} is not a regular file", filename=path)
         fd = os.open(target, _OPEN_FLAGS, dir_fd=dir_fd)
     except FileAccessError:

@@ -174,11 +174,8 @@ class Scan:
 def scan(real_dir: str, shown_dir: str, real_root: str, *, strict: bool) -> Scan:
     """Load every certificate at or under one directory of a trust directory."""
     found = Scan()
-    pending: list[tuple[str, str, dict[str, str]]] = []
-    # Metadata names and many values (organization, created-by) repeat
-    # across files; one shared string object for each keeps a large store small.
-    shared: dict[str, str] = {}
-    _walk(real_dir, shown_dir, real_root, strict, found, pending, shared.setdefault)
+    pending: list[tuple[str, str, str]] = []
+    _walk(real_dir, shown_dir, real_root, strict, found, pending)
     # Keys of the common layout are decoded together, far cheaper than one
     # by one; an invalid key sends its file through the full reader.
     keys = z85_decode_keys([text for _, text, _ in pending])
@@ -209,8 +206,7 @@ def _walk(
     real_root: str,
     strict: bool,
     found: Scan,
-    pending: list[tuple[str, str, dict[str, str]]],
-    share: object,
+    pending: list[tuple[str, str, str]],
 ) -> None:
     if strict:
         problem = dir_problem(real, real_root, found.verdicts)
@@ -236,14 +232,16 @@ def _walk(
                     found.secrets[shown + sep + name] = secret_signature(entry.path)
                 continue
             try:
-                is_dir = entry.is_dir(follow_symlinks=False)
+                # From the listing's file type: no system call for a plain file.
+                regular = entry.is_file(follow_symlinks=False)
                 inode = entry.inode()
-                link = entry.is_symlink()
+                is_dir = not regular and entry.is_dir(follow_symlinks=False)
+                link = not regular and entry.is_symlink()
             except OSError:
                 continue
             path = shown + sep + name
             if is_dir:
-                _walk(entry.path, path, real_root, strict, found, pending, share)
+                _walk(entry.path, path, real_root, strict, found, pending)
                 continue
             found.inodes[path] = inode
             if link:
@@ -258,7 +256,12 @@ def _walk(
             # keeps to that directory even if a parent is renamed meanwhile.
             try:
                 data, st = read_regular(
-                    entry.path, MAX_CERT_BYTES, "certificate", dir_fd=dir_fd, name=name
+                    entry.path,
+                    MAX_CERT_BYTES,
+                    "certificate",
+                    dir_fd=dir_fd,
+                    name=name,
+                    seen_regular=regular,
                 )
             except FileAccessError as exc:
                 if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
@@ -269,7 +272,7 @@ def _walk(
                 if problem is not None:
                     found.problems[path] = problem
                     continue
-            fields = fast_fields(data, share)  # type: ignore[arg-type]
+            fields = fast_fields(data)
             if fields is not None and fields[1] is None:
                 pending.append((path, fields[0], fields[2]))
             else:

@@ -104,9 +104,24 @@ class Watch:
         #: Whether a finished write is reported (inotify's IN_CLOSE_WRITE).
         self.reports_closes = False
         self.observer: Any = None
+        #: Whether directories below the root are watched too.
+        self.recursive = True
 
-    def start(self, real_dir: str, root_name_dir: tuple[str, str] | None = None) -> None:
-        """Watch ``real_dir`` recursively and, natively, ``name`` in ``parent`` if given."""
+    def start(
+        self,
+        real_dir: str,
+        root_name_dir: tuple[str, str] | None = None,
+        *,
+        recursive: bool = True,
+    ) -> None:
+        """Watch ``real_dir`` and, natively, ``name`` in ``parent`` if given.
+
+        ``recursive=False`` watches the directory alone (natively; polling
+        always covers the tree), which spares watchdog a walk of every
+        entry to find subdirectories when the caller knows there are none.
+        A subdirectory created later is still reported, as an event on
+        ``real_dir``: the caller must then start a recursive watch.
+        """
         handler = _Handler(self.events)
         observer: Any = None
         if not self.polling:
@@ -114,7 +129,8 @@ class Watch:
                 from watchdog.observers import Observer
 
                 observer = Observer()
-                _schedule(observer, handler, real_dir, recursive=True)
+                _schedule(observer, handler, real_dir, recursive=recursive)
+                self.recursive = recursive
                 parent: _Handler | None = None
                 if root_name_dir is not None:
                     parent = _Handler(self.events, only=root_name_dir[1])
@@ -150,6 +166,7 @@ class Watch:
             )
             _schedule(observer, handler, real_dir, recursive=True)
             observer.start()
+            self.recursive = True
             self.kind = "polling"
             self.reports_closes = False
         self.observer = observer
