@@ -252,6 +252,34 @@ def test_subdirectory_created_and_removed(live: zsec.CertStore, store_dir: Path)
     wait_for(lambda: cert.public_key not in live, what="subdirectory removed")
 
 
+@pytest.mark.parametrize("counts_links", [True, False], ids=["link-count", "no-link-count"])
+def test_subdirectory_of_a_leaf_directory_is_watched_like_the_root(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, counts_links: bool
+) -> None:
+    # A directory without subdirectories is watched alone; once one exists,
+    # changes inside it must be seen as fast as at the root, not by the audit.
+    if not counts_links:
+        # A file system whose directories always have a link count of 1 or 2.
+        from zsec import _dirsource
+
+        monkeypatch.setattr(_dirsource, "_may_have_subdirs", lambda st: False)
+        (store_dir / "early").mkdir(mode=0o700)
+    assert counts_links or os.stat(store_dir).st_nlink >= 2
+    with zsec.CertStore(store_dir, audit_interval=3600) as live:
+        first, second = _cert(), _cert()
+        sub = store_dir / ("team" if counts_links else "early")
+        sub.mkdir(mode=0o700, exist_ok=True)
+        _write_public(sub / "member.key", first)
+        wait_for(lambda: first.public_key in live, what="file in the new subdirectory")
+        second.save_public(sub / "member.key")
+        wait_for(
+            lambda: second.public_key in live and first.public_key not in live,
+            what="a replacement inside the subdirectory",
+        )
+        (sub / "member.key").unlink()
+        wait_for(lambda: second.public_key not in live, what="a deletion inside the subdirectory")
+
+
 def test_directory_removed_revokes_and_recreated_loads(
     live: zsec.CertStore, store_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
