@@ -41,8 +41,11 @@ _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # so that loading thousands of certificates is cheap. Anything this does not
 # match exactly goes through the full ZPL reader, which gives the same result
 # wherever both apply (a property test checks it).
-_Z85_40 = r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}"
-_SKIP_LINES = r"(?:[ ]*#[^\n]*\n|[ \t]*\n)*"
+# Forty of any character: the key decoder checks the alphabet anyway, and the
+# regex engine runs a plain "any" much faster than a set of 85.
+_Z85_40 = r".{40}"
+# The common comment line (# in the first column) is tried first.
+_SKIP_LINES = r"(?:#[^\n]*\n|[ ]*#[^\n]*\n|[ \t]*\n)*"
 _META_LINE = r"    ([A-Za-z0-9$\-_@.&+/]+) = \"([^\"\n]*)\"[ \t]*\n"
 _CURVE_SECTION = (
     r"curve[ \t]*\n"
@@ -108,7 +111,8 @@ def fast_fields(data: bytes) -> tuple[str, str | None, str] | None:
     """Read the common certificate layout quickly, or return None to use the full reader.
 
     Returns (public key text, secret key text or None, metadata block); the
-    key texts are 40 characters of the Z85 alphabet, not yet decoded. The
+    key texts are 40 characters, not yet decoded nor checked against the
+    Z85 alphabet (a key that does not decode sends the file to the full reader). The
     metadata block is the section's lines exactly as matched, each known to
     be ``    name = "value"``: ``meta_from_block`` turns it into a dict, and
     a certificate keeps it as it is until its metadata is first asked for,

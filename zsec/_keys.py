@@ -126,9 +126,13 @@ def z85_decode_keys(texts: list[str]) -> list[bytes | None]:
     count = len(texts)
     if count == 0:
         return []
-    results: list[bytes | None] = [None] * count
-    valid = [len(t) == KEY_Z85_CHARS and t.isascii() for t in texts]
-    joined = "".join(t if ok else "0" * KEY_Z85_CHARS for t, ok in zip(texts, valid, strict=True))
+    joined = "".join(texts)
+    if set(map(len, texts)) == {KEY_Z85_CHARS} and joined.isascii():
+        invalid: list[int] = []  # the common case, checked without a loop in Python
+    else:
+        invalid = [i for i, t in enumerate(texts) if len(t) != KEY_Z85_CHARS or not t.isascii()]
+        gaps = set(invalid)
+        joined = "".join("0" * KEY_Z85_CHARS if i in gaps else t for i, t in enumerate(texts))
     digits = bytearray(joined.encode("ascii").translate(_DIGITS))
     # Characters outside the alphabet, and groups above 0xFFFFFFFF (which
     # would carry into the next lane), disqualify a key; zero its digits so
@@ -138,9 +142,7 @@ def z85_decode_keys(texts: list[str]) -> list[bytes | None]:
         start = group * 5
         if bytes(digits[start : start + 5]) > _MAX_GROUP:
             bad.add(start // KEY_Z85_CHARS)
-    for i in range(count):
-        if not valid[i]:
-            bad.add(i)
+    bad.update(invalid)
     for i in bad:
         digits[i * KEY_Z85_CHARS : (i + 1) * KEY_Z85_CHARS] = bytes(KEY_Z85_CHARS)
     lanes = bytearray(KEY_BYTES * count)
@@ -149,9 +151,9 @@ def z85_decode_keys(texts: list[str]) -> list[bytes | None]:
         lanes[3::4] = digits[column::5]
         value = value * 85 + int.from_bytes(lanes, "big")
     raw = value.to_bytes(KEY_BYTES * count, "big")
-    for i in range(count):
-        if i not in bad:
-            results[i] = raw[i * KEY_BYTES : (i + 1) * KEY_BYTES]
+    results: list[bytes | None] = [raw[i : i + KEY_BYTES] for i in range(0, len(raw), KEY_BYTES)]
+    for i in bad:
+        results[i] = None
     return results
 
 
