@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hmac
 import re
+import sys
 from typing import Any
 
 from . import _zpl
@@ -44,9 +45,16 @@ _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Forty of any character: the key decoder checks the alphabet anyway, and the
 # regex engine runs a plain "any" much faster than a set of 85.
 _Z85_40 = r".{40}"
+# Possessive repeats (Python 3.11+) spare the engine its backtracking records.
+# They match exactly what the greedy ones would here: every repeat below
+# stops at a character the next part of the pattern cannot start with (a
+# line ends at its newline; no comment or blank line starts "metadata" or
+# "curve"; a metadata line starts with spaces, "curve" does not).
+_P = "+" if sys.version_info >= (3, 11) else ""
 # The common comment line (# in the first column) is tried first.
-_SKIP_LINES = r"(?:#[^\n]*\n|[ ]*#[^\n]*\n|[ \t]*\n)*"
+_SKIP_LINES = rf"(?:#[^\n]*{_P}\n|[ ]*#[^\n]*{_P}\n|[ \t]*{_P}\n)*{_P}"
 _META_LINE = r"    ([A-Za-z0-9$\-_@.&+/]+) = \"([^\"\n]*)\"[ \t]*\n"
+_META_LINES = rf"(?:    [A-Za-z0-9$\-_@.&+/]+{_P} = \"[^\"\n]*{_P}\"[ \t]*{_P}\n)*{_P}"
 _CURVE_SECTION = (
     r"curve[ \t]*\n"
     + r"    public-key = \"("
@@ -56,9 +64,7 @@ _CURVE_SECTION = (
     + r")\"[ \t]*\n)?"
     + _SKIP_LINES
 )
-_FAST_CERT = re.compile(
-    _SKIP_LINES + r"metadata[ \t]*\n((?:" + _META_LINE.replace("(", "(?:") + r")*)" + _CURVE_SECTION
-)
+_FAST_CERT = re.compile(_SKIP_LINES + r"metadata[ \t]*\n(" + _META_LINES + ")" + _CURVE_SECTION)
 _FAST_META = re.compile(_META_LINE)
 # Past this size a file is not a common certificate (those are under 1 KiB):
 # trying the layout first would only add its cost to the full reader's.
