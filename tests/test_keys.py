@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -98,3 +100,17 @@ def test_fast_reader_takes_the_files_zsec_czmq_and_pyzmq_write(tmp_path: object)
         fields = _cert.fast_fields(data)
         assert fields is not None, path
         assert _cert.meta_from_block(fields[2]) == zsec.Cert._parse(data, str(path)).metadata
+
+
+_GREEDY_LAYOUT = re.compile(_cert._FAST_CERT.pattern.replace("*+", "*").replace("++", "+"))
+
+
+@given(_cert_texts())
+def test_fast_layout_matches_what_its_greedy_form_matches(data: bytes) -> None:
+    # The layout's repeats are possessive on Python 3.11+ for speed; that
+    # must never change which files match or what is captured.
+    text = data.decode("utf-8", "replace")
+    fast, greedy = _cert._FAST_CERT.fullmatch(text), _GREEDY_LAYOUT.fullmatch(text)
+    assert (fast is None) == (greedy is None)
+    if fast is not None and greedy is not None:
+        assert fast.groups() == greedy.groups()
