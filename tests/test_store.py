@@ -110,6 +110,21 @@ def test_public_file_with_a_secret_key_is_trusted_without_it(
     assert "holds a secret key" in caplog.text
 
 
+def test_certificate_the_full_reader_refuses_for_its_line_count_is_not_trusted(
+    store_dir: Path,
+) -> None:
+    # The fast layout must take nothing the full reader refuses: past
+    # MAX_ZPL_LINES lines a file is refused, however small it is.
+    cert = _cert()
+    data = b"\n" * 1100 + cert._render(False, _NOW)
+    (store_dir / "padded.key").write_bytes(data)
+    with pytest.raises(zsec.CertificateError, match="lines"):
+        zsec.Cert.from_bytes(data)
+    with zsec.CertStore(store_dir) as store:
+        assert cert.public_key not in store
+        assert len(store) == 0
+
+
 def test_store_certificates_are_read_only(store_dir: Path) -> None:
     _write_public(store_dir / "a.key", _cert("a"))
     with zsec.CertStore(store_dir) as store:

@@ -126,6 +126,10 @@ def fast_fields(data: bytes) -> tuple[str, str | None, str] | None:
     """
     if len(data) > _FAST_MAX_BYTES or b"\r" in data:
         return None
+    # The full reader refuses a document of more than MAX_ZPL_LINES lines,
+    # so this must too; a file that short cannot have that many.
+    if len(data) > _zpl.MAX_ZPL_LINES and data.count(b"\n") >= _zpl.MAX_ZPL_LINES:
+        return None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
