@@ -295,6 +295,27 @@ def test_subdirectory_of_a_leaf_directory_is_watched_like_the_root(
         wait_for(lambda: second.public_key not in live, what="a deletion inside the subdirectory")
 
 
+def test_subdirectory_made_after_loading_is_watched_where_link_counts_say_nothing(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SMB mounts without Unix extensions report 2 links for every directory:
+    # the count never changes when a subdirectory appears, so the store must
+    # go by the subdirectory it has read, or changes in it wait for the audit.
+    from zsec import _dirsource
+
+    monkeypatch.setattr(_dirsource, "_may_have_subdirs", lambda st: False)
+    with zsec.CertStore(store_dir, audit_interval=3600) as live:
+        first, second = _cert(), _cert()
+        sub = store_dir / "team"
+        sub.mkdir(mode=0o700)
+        _write_public(sub / "first.key", first)
+        wait_for(lambda: first.public_key in live, what="file in the new subdirectory")
+        _write_public(sub / "second.key", second)
+        wait_for(lambda: second.public_key in live, what="a second file in the subdirectory")
+        (sub / "first.key").unlink()
+        wait_for(lambda: first.public_key not in live, what="a deletion inside the subdirectory")
+
+
 def test_directory_removed_revokes_and_recreated_loads(
     live: zsec.CertStore, store_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -464,7 +464,7 @@ class DirectorySource(TrustSource):
                 log.warning(
                     "watcher for %s stopped unexpectedly; restarting it and rescanning", self.root
                 )
-            elif watch.recursive or not _may_have_subdirs(st):
+            elif watch.recursive or not (_may_have_subdirs(st) or self._read_subdir(real)):
                 return True
             else:
                 log.info(
@@ -485,7 +485,7 @@ class DirectorySource(TrustSource):
         self._real, self._root_id = real, current
         self._watch_and_load(real, recursive=_may_have_subdirs(st))
         assert self._watch is not None
-        if not self._watch.recursive and any(d != real for d in self._verdicts):
+        if not self._watch.recursive and self._read_subdir(real):
             # The link count said there is no subdirectory, the listing found
             # one (a file system that does not count them): watch the tree.
             flat = self._watch
@@ -496,6 +496,15 @@ class DirectorySource(TrustSource):
             # is already in force.
             watch.stop(wait=False)
         return False
+
+    def _read_subdir(self, real: str) -> bool:
+        """Whether a scan walked a directory below ``real``.
+
+        Where the link count says nothing (SMB mounts report 2 for every
+        directory), a subdirectory made after the load shows only here,
+        once the event on the root has had it read.
+        """
+        return any(d != real for d in self._verdicts)
 
     def _watch_and_load(self, real: str, *, recursive: bool) -> None:
         """Start a new watch on ``real``, then read it all and feed it as one change."""
