@@ -184,8 +184,9 @@ class Cert:
     __slots__ = ("_frozen", "_meta", "_path", "_public", "_public_txt", "_secret")
     # The file ``load`` read (set only there): lets an error message name it.
     _path: str
-    # A dict, or the raw block of a file read by the fast path, turned into
-    # a dict on first use (``_metadata``); both hold the same entries.
+    # A dict, or (read-only certificates only) the raw block of a file read
+    # by the fast path, turned into a dict on first use (``_metadata``);
+    # both hold the same entries.
     _meta: dict[str, str] | str
 
     def __init__(self) -> None:
@@ -210,7 +211,8 @@ class Cert:
         meta = self._meta
         if isinstance(meta, str):
             # Two threads may both get here with a shared certificate: each
-            # builds an equal dict, and either assignment is as good.
+            # builds an equal dict, and either assignment is as good, since
+            # only a read-only certificate keeps the text (see from_bytes).
             meta = self._meta = meta_from_block(meta)
         return meta
 
@@ -296,7 +298,10 @@ class Cert:
         if fast is not None and fast[1] is None:
             public = z85_decode(fast[0])
             if public is not None:
-                cert = cls._new(public, None, fast[2])
+                # Made into a dict now: only a read-only certificate may keep
+                # the text, since a lazy conversion on one thread could put
+                # back a copy made before another thread's set_meta.
+                cert = cls._new(public, None, meta_from_block(fast[2]))
                 cert._public_txt = fast[0]
                 return cert
         return cls._parse(data, source)
