@@ -51,8 +51,11 @@ _Z85_40 = r".{40}"
 # line ends at its newline; no comment or blank line starts "metadata" or
 # "curve"; a metadata line starts with spaces, "curve" does not).
 _P = "+" if sys.version_info >= (3, 11) else ""
-# The common comment line (# in the first column) is tried first.
-_SKIP_LINES = rf"(?:#[^\n]*{_P}\n|[ ]*#[^\n]*{_P}\n|[ \t]*{_P}\n)*{_P}"
+# The common comment line (# in the first column) is tried first. No line
+# can match two of the alternatives: where the repeats are greedy (before
+# Python 3.11) each such line would double the work of a failing match, and
+# a few dozen comment lines would hang the loading thread.
+_SKIP_LINES = rf"(?:#[^\n]*{_P}\n|[ ]+{_P}#[^\n]*{_P}\n|[ \t]*{_P}\n)*{_P}"
 _META_LINE = r"    ([A-Za-z0-9$\-_@.&+/]+) = \"([^\"\n]*)\"[ \t]*\n"
 _META_LINES = rf"(?:    [A-Za-z0-9$\-_@.&+/]+{_P} = \"[^\"\n]*{_P}\"[ \t]*{_P}\n)*{_P}"
 _CURVE_SECTION = (
