@@ -915,6 +915,51 @@ def test_a_swap_by_two_renames_is_followed(live: zsec.CertStore, store_dir: Path
     wait_for(lambda: new.public_key in live._table and old.public_key not in live._table)
 
 
+def test_a_watch_that_fails_to_start_on_a_new_root_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A watch can fail to start on the directory a root link now leads to (a
+    # directory this process cannot list until an operator fixes its mode,
+    # no threads left). Meanwhile the store holds what that directory holds,
+    # never the old directory's keys; it tries the watch again and does not
+    # take the directory for watched until then, so that changes there are
+    # seen by events, not by the audit alone.
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir(mode=0o700)
+    (first / "team").mkdir(mode=0o700)  # the old root is watched as a tree
+    old, new, later = _cert(), _cert(), _cert()
+    _write_public(first / "old.key", old)
+    _write_public(second / "new.key", new)
+    link = tmp_path / "current"
+    link.symlink_to(first)
+    start = _watch.Watch.start
+    failures: list[str] = []
+    refused = threading.Event()
+    refused.set()
+
+    def fails_on_second(self: _watch.Watch, real_dir: str, *args: object, **kw: object) -> None:
+        if real_dir == str(second) and refused.is_set():
+            failures.append(real_dir)
+            raise PermissionError(13, "Permission denied", real_dir)
+        start(self, real_dir, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_watch.Watch, "start", fails_on_second)
+    with zsec.CertStore(link, audit_interval=3600) as store:
+        assert old.public_key in store
+        _swap_link(link, second)
+        wait_for(lambda: len(failures) >= 2, what="the start tried again")
+        # Meanwhile the keys are those of the directory the name leads to.
+        wait_for(
+            lambda: new.public_key in store and old.public_key not in store, what="the new set"
+        )
+        refused.clear()
+        _write_public(second / "later.key", later)
+        wait_for(lambda: later.public_key in store, what="a file added to the new root")
+        (second / "new.key").unlink()
+        wait_for(lambda: new.public_key not in store, what="a file removed from the new root")
+
+
 # -- moves, read-your-writes -------------------------------------------------------------
 
 
