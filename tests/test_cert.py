@@ -256,6 +256,43 @@ def test_metadata_api() -> None:
     assert cert.meta("email") == "e@x"
 
 
+def test_a_change_made_while_another_thread_first_reads_the_metadata_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A certificate read from a file may keep its metadata as text until
+    # first asked for. Its owner may change it on one thread while another
+    # reads it: the reader must never put back a copy made before the change.
+    import threading
+
+    from zsec import _cert
+
+    source = zsec.Cert()
+    source.set_meta("name", "alice")
+    cert = zsec.Cert.from_bytes(source._render(False, datetime.datetime(2026, 1, 1)))
+    real = _cert.meta_from_block
+    changed: list[bool] = []
+    interrupted: list[bool] = []
+
+    def change() -> None:
+        cert.set_meta("role", "admin")
+        changed.append(True)
+
+    def preempted(block: str) -> dict[str, str]:
+        # The reader is interrupted here, while it turns the text into a dict.
+        if not interrupted:
+            interrupted.append(True)
+            writer = threading.Thread(target=change)
+            writer.start()
+            writer.join(timeout=10)
+        return real(block)
+
+    monkeypatch.setattr(_cert, "meta_from_block", preempted)
+    assert cert.meta("name") == "alice"
+    if not changed:
+        change()  # the first read converted nothing: there was no window to change in
+    assert cert.metadata == {"name": "alice", "role": "admin"}
+
+
 @pytest.mark.parametrize(
     ("name", "value", "error"),
     [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -114,3 +116,17 @@ def test_fast_layout_matches_what_its_greedy_form_matches(data: bytes) -> None:
     assert (fast is None) == (greedy is None)
     if fast is not None and greedy is not None:
         assert fast.groups() == greedy.groups()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_fast_layout_reads_many_comment_lines_without_backtracking(where: str) -> None:
+    # Python 3.10 runs the greedy form: a line that two of its alternatives
+    # can match doubles the work per line when the match fails, so a small
+    # file of comment lines would hang whichever thread loads it.
+    body = zsec.Cert()._render(False, datetime.datetime(2026, 1, 1)).decode()
+    comments = "#\n" * 64
+    text = comments + body + "junk\n" if where == "before" else body + comments + "junk\n"
+    for layout in (_GREEDY_LAYOUT, _cert._FAST_CERT):
+        assert layout.fullmatch(text) is None
+        assert layout.fullmatch(text.removesuffix("junk\n")) is not None

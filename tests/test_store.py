@@ -110,6 +110,21 @@ def test_public_file_with_a_secret_key_is_trusted_without_it(
     assert "holds a secret key" in caplog.text
 
 
+def test_certificate_the_full_reader_refuses_for_its_line_count_is_not_trusted(
+    store_dir: Path,
+) -> None:
+    # The fast layout must take nothing the full reader refuses: past
+    # MAX_ZPL_LINES lines a file is refused, however small it is.
+    cert = _cert()
+    data = b"\n" * 1100 + cert._render(False, _NOW)
+    (store_dir / "padded.key").write_bytes(data)
+    with pytest.raises(zsec.CertificateError, match="lines"):
+        zsec.Cert.from_bytes(data)
+    with zsec.CertStore(store_dir) as store:
+        assert cert.public_key not in store
+        assert len(store) == 0
+
+
 def test_store_certificates_are_read_only(store_dir: Path) -> None:
     _write_public(store_dir / "a.key", _cert("a"))
     with zsec.CertStore(store_dir) as store:
@@ -278,6 +293,27 @@ def test_subdirectory_of_a_leaf_directory_is_watched_like_the_root(
         )
         (sub / "member.key").unlink()
         wait_for(lambda: second.public_key not in live, what="a deletion inside the subdirectory")
+
+
+def test_subdirectory_made_after_loading_is_watched_where_link_counts_say_nothing(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SMB mounts without Unix extensions report 2 links for every directory:
+    # the count never changes when a subdirectory appears, so the store must
+    # go by the subdirectory it has read, or changes in it wait for the audit.
+    from zsec import _dirsource
+
+    monkeypatch.setattr(_dirsource, "_may_have_subdirs", lambda st: False)
+    with zsec.CertStore(store_dir, audit_interval=3600) as live:
+        first, second = _cert(), _cert()
+        sub = store_dir / "team"
+        sub.mkdir(mode=0o700)
+        _write_public(sub / "first.key", first)
+        wait_for(lambda: first.public_key in live, what="file in the new subdirectory")
+        _write_public(sub / "second.key", second)
+        wait_for(lambda: second.public_key in live, what="a second file in the subdirectory")
+        (sub / "first.key").unlink()
+        wait_for(lambda: first.public_key not in live, what="a deletion inside the subdirectory")
 
 
 def test_directory_removed_revokes_and_recreated_loads(
@@ -877,6 +913,51 @@ def test_a_swap_by_two_renames_is_followed(live: zsec.CertStore, store_dir: Path
     os.rename(store_dir, store_dir.with_name("retired"))
     os.rename(staging, store_dir)
     wait_for(lambda: new.public_key in live._table and old.public_key not in live._table)
+
+
+def test_a_watch_that_fails_to_start_on_a_new_root_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A watch can fail to start on the directory a root link now leads to (a
+    # directory this process cannot list until an operator fixes its mode,
+    # no threads left). Meanwhile the store holds what that directory holds,
+    # never the old directory's keys; it tries the watch again and does not
+    # take the directory for watched until then, so that changes there are
+    # seen by events, not by the audit alone.
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir(mode=0o700)
+    (first / "team").mkdir(mode=0o700)  # the old root is watched as a tree
+    old, new, later = _cert(), _cert(), _cert()
+    _write_public(first / "old.key", old)
+    _write_public(second / "new.key", new)
+    link = tmp_path / "current"
+    link.symlink_to(first)
+    start = _watch.Watch.start
+    failures: list[str] = []
+    refused = threading.Event()
+    refused.set()
+
+    def fails_on_second(self: _watch.Watch, real_dir: str, *args: object, **kw: object) -> None:
+        if real_dir == str(second) and refused.is_set():
+            failures.append(real_dir)
+            raise PermissionError(13, "Permission denied", real_dir)
+        start(self, real_dir, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_watch.Watch, "start", fails_on_second)
+    with zsec.CertStore(link, audit_interval=3600) as store:
+        assert old.public_key in store
+        _swap_link(link, second)
+        wait_for(lambda: len(failures) >= 2, what="the start tried again")
+        # Meanwhile the keys are those of the directory the name leads to.
+        wait_for(
+            lambda: new.public_key in store and old.public_key not in store, what="the new set"
+        )
+        refused.clear()
+        _write_public(second / "later.key", later)
+        wait_for(lambda: later.public_key in store, what="a file added to the new root")
+        (second / "new.key").unlink()
+        wait_for(lambda: new.public_key not in store, what="a file removed from the new root")
 
 
 # -- moves, read-your-writes -------------------------------------------------------------

@@ -12,6 +12,8 @@ from zsec import _trustdir as td
 from zsec._dirsource import plan
 from zsec._watch import CATCH_UP, OVERFLOW, FsEvent
 
+from .helpers import watch_opens
+
 ROOT = "/srv/clients"
 
 
@@ -105,3 +107,34 @@ def test_a_scan_notes_secret_keys_and_secret_files(tmp_path: Path) -> None:
     assert set(found.entries) == {str(tmp_path / "leaked.key"), str(tmp_path / "paired.key")}
     assert all(c.secret_key is None for c in found.entries.values())
     assert set(found.secrets) == {str(tmp_path / "leaked.key"), str(tmp_path / "paired.key_secret")}
+
+
+def test_a_file_swapped_for_a_link_after_the_listing_is_never_opened_through_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scan opens what its listing showed as a plain file without a stat
+    # first; whoever can write the directory may swap in a link to a FIFO or
+    # a device meanwhile (the listing of a large directory is read long
+    # before its last file), and opening those is not harmless.
+    trust = tmp_path / "trust"
+    trust.mkdir(mode=0o700)
+    kept = zsec.Cert()
+    kept.save_public(trust / "kept.key")
+    zsec.Cert().save_public(trust / "swapped.key")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (trust / "link").symlink_to(fifo)
+    real_scandir = os.scandir
+
+    def listing_then_swap(path: str) -> list[os.DirEntry[str]]:
+        with real_scandir(path) as entries:
+            listed = list(entries)
+        os.replace(trust / "link", trust / "swapped.key")
+        return listed
+
+    monkeypatch.setattr(os, "scandir", listing_then_swap)
+    with watch_opens(fifo) as opens:
+        found = td.scan(str(trust), str(trust), str(trust), strict=False)
+        assert opens() == 0
+    assert set(found.entries) == {str(trust / "kept.key")}
+    assert "not a regular file" in found.problems[str(trust / "swapped.key")]

@@ -51,8 +51,11 @@ _Z85_40 = r".{40}"
 # line ends at its newline; no comment or blank line starts "metadata" or
 # "curve"; a metadata line starts with spaces, "curve" does not).
 _P = "+" if sys.version_info >= (3, 11) else ""
-# The common comment line (# in the first column) is tried first.
-_SKIP_LINES = rf"(?:#[^\n]*{_P}\n|[ ]*#[^\n]*{_P}\n|[ \t]*{_P}\n)*{_P}"
+# The common comment line (# in the first column) is tried first. No line
+# can match two of the alternatives: where the repeats are greedy (before
+# Python 3.11) each such line would double the work of a failing match, and
+# a few dozen comment lines would hang the loading thread.
+_SKIP_LINES = rf"(?:#[^\n]*{_P}\n|[ ]+{_P}#[^\n]*{_P}\n|[ \t]*{_P}\n)*{_P}"
 _META_LINE = r"    ([A-Za-z0-9$\-_@.&+/]+) = \"([^\"\n]*)\"[ \t]*\n"
 _META_LINES = rf"(?:    [A-Za-z0-9$\-_@.&+/]+{_P} = \"[^\"\n]*{_P}\"[ \t]*{_P}\n)*{_P}"
 _CURVE_SECTION = (
@@ -126,6 +129,10 @@ def fast_fields(data: bytes) -> tuple[str, str | None, str] | None:
     """
     if len(data) > _FAST_MAX_BYTES or b"\r" in data:
         return None
+    # The full reader refuses a document of more than MAX_ZPL_LINES lines,
+    # so this must too; a file that short cannot have that many.
+    if len(data) > _zpl.MAX_ZPL_LINES and data.count(b"\n") >= _zpl.MAX_ZPL_LINES:
+        return None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -180,8 +187,9 @@ class Cert:
     __slots__ = ("_frozen", "_meta", "_path", "_public", "_public_txt", "_secret")
     # The file ``load`` read (set only there): lets an error message name it.
     _path: str
-    # A dict, or the raw block of a file read by the fast path, turned into
-    # a dict on first use (``_metadata``); both hold the same entries.
+    # A dict, or (read-only certificates only) the raw block of a file read
+    # by the fast path, turned into a dict on first use (``_metadata``);
+    # both hold the same entries.
     _meta: dict[str, str] | str
 
     def __init__(self) -> None:
@@ -206,7 +214,8 @@ class Cert:
         meta = self._meta
         if isinstance(meta, str):
             # Two threads may both get here with a shared certificate: each
-            # builds an equal dict, and either assignment is as good.
+            # builds an equal dict, and either assignment is as good, since
+            # only a read-only certificate keeps the text (see from_bytes).
             meta = self._meta = meta_from_block(meta)
         return meta
 
@@ -292,7 +301,10 @@ class Cert:
         if fast is not None and fast[1] is None:
             public = z85_decode(fast[0])
             if public is not None:
-                cert = cls._new(public, None, fast[2])
+                # Made into a dict now: only a read-only certificate may keep
+                # the text, since a lazy conversion on one thread could put
+                # back a copy made before another thread's set_meta.
+                cert = cls._new(public, None, meta_from_block(fast[2]))
                 cert._public_txt = fast[0]
                 return cert
         return cls._parse(data, source)

@@ -464,7 +464,7 @@ class DirectorySource(TrustSource):
                 log.warning(
                     "watcher for %s stopped unexpectedly; restarting it and rescanning", self.root
                 )
-            elif watch.recursive or not _may_have_subdirs(st):
+            elif watch.recursive or not (_may_have_subdirs(st) or self._read_subdir(real)):
                 return True
             else:
                 log.info(
@@ -482,14 +482,13 @@ class DirectorySource(TrustSource):
             )
         else:
             log.warning("certificate directory %s was replaced by another: loading it", self.root)
-        self._real, self._root_id = real, current
-        self._watch_and_load(real, recursive=_may_have_subdirs(st))
+        self._watch_and_load(real, current, recursive=_may_have_subdirs(st))
         assert self._watch is not None
-        if not self._watch.recursive and any(d != real for d in self._verdicts):
+        if not self._watch.recursive and self._read_subdir(real):
             # The link count said there is no subdirectory, the listing found
             # one (a file system that does not count them): watch the tree.
             flat = self._watch
-            self._watch_and_load(real, recursive=True)
+            self._watch_and_load(real, current, recursive=True)
             flat.stop(wait=False)
         if watch is not None:
             # Not waited for: its threads end on their own, and the new set
@@ -497,15 +496,34 @@ class DirectorySource(TrustSource):
             watch.stop(wait=False)
         return False
 
-    def _watch_and_load(self, real: str, *, recursive: bool) -> None:
+    def _read_subdir(self, real: str) -> bool:
+        """Whether a scan walked a directory below ``real``.
+
+        Where the link count says nothing (SMB mounts report 2 for every
+        directory), a subdirectory made after the load shows only here,
+        once the event on the root has had it read.
+        """
+        return any(d != real for d in self._verdicts)
+
+    def _watch_and_load(self, real: str, current: tuple[int, int], *, recursive: bool) -> None:
         """Start a new watch on ``real``, then read it all and feed it as one change."""
         stamp = self._root_stamp()
         watch = Watch(self._events, polling=self._polling)
         # Watch first, then scan: a change during the scan is then seen
         # twice rather than never.
         root_name = (os.path.dirname(self.root), os.path.basename(self.root))
-        watch.start(real, root_name, recursive=recursive)
+        try:
+            watch.start(real, root_name, recursive=recursive)
+        except Exception:
+            # Not watched: still read what the name leads to now (one that
+            # cannot be listed is an empty set), never the directory it led
+            # to before, and leave its identity unknown so that the next
+            # look tries the watch again rather than take it for watched.
+            self._real, self._root_id = real, None
+            self._resync(stamp)
+            raise
         self._watch = watch
+        self._real, self._root_id = real, current
         self._resync(stamp)
 
     def _forget_root(self) -> None:

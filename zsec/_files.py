@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -51,6 +52,9 @@ def current_umask() -> int:
 # thread that asked, the ZAP thread included); O_NOCTTY: a terminal device
 # must not become the process's controlling terminal.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# What opening a symlink with O_NOFOLLOW fails with (FreeBSD says EMLINK).
+_LINK_ERRNOS = (errno.ELOOP, errno.EMLINK)
 #: Owners a strict check accepts: this process's user and root.
 TRUSTED_UIDS = (0, os.geteuid()) if hasattr(os, "geteuid") else (0,)
 
@@ -72,7 +76,8 @@ def read_regular(
     opened as ``name`` relative to that directory. ``seen_regular`` says
     that the caller has just seen a regular file at this name without
     following links (``os.DirEntry.is_file(follow_symlinks=False)``, which
-    is free with ``scandir``), so the check before opening is skipped.
+    is free with ``scandir``), so the check before opening is skipped; a
+    link found at the name by then is not followed but checked as usual.
 
     Raises ``FileAccessError``: with the OS errno (ENOENT, EACCES, ...)
     when it cannot be opened or read; without one when it is not a regular
@@ -86,10 +91,15 @@ def read_regular(
         # was actually opened, in case the path changed in between.
         if not seen_regular and not stat.S_ISREG(os.stat(target, dir_fd=dir_fd).st_mode):
             raise FileAccessError(f"{what} {path} is not a regular file", filename=path)
-        fd = os.open(target, _OPEN_FLAGS, dir_fd=dir_fd)
+        # A name seen as a plain file may have become a link since (the
+        # listing of a large directory is read long before its last file):
+        # never follow it unchecked, check it as any other name instead.
+        fd = os.open(target, _OPEN_FLAGS | (_NOFOLLOW if seen_regular else 0), dir_fd=dir_fd)
     except FileAccessError:
         raise
     except OSError as exc:
+        if seen_regular and exc.errno in _LINK_ERRNOS:
+            return read_regular(path, limit, what, dir_fd=dir_fd, name=name)
         raise FileAccessError(
             f"cannot read {what} {path}: {exc.strerror or exc}", errno=exc.errno, filename=path
         ) from None
