@@ -109,6 +109,28 @@ def test_a_scan_notes_secret_keys_and_secret_files(tmp_path: Path) -> None:
     assert set(found.secrets) == {str(tmp_path / "leaked.key"), str(tmp_path / "paired.key_secret")}
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["~" * 40, "%nSc1" + "0" * 35, "é" * 40],
+    ids=["outside-the-alphabet", "group-above-32-bits", "not-ascii"],
+)
+def test_a_key_of_forty_characters_that_does_not_decode_is_refused_with_the_readers_reason(
+    tmp_path: Path, key: str
+) -> None:
+    # The fast layout takes any 40 characters; the batch decoder must then
+    # send the file to the full reader, in its own directory, for the reason.
+    tmp_path.chmod(0o700)
+    sub = tmp_path / "team"
+    sub.mkdir(mode=0o700)
+    good = zsec.Cert()
+    good.save_public(sub / "good.key")
+    text = (sub / "good.key").read_text().replace(good.public_txt, key)
+    (sub / "bad.key").write_text(text)
+    found = td.scan(str(tmp_path), str(tmp_path), str(tmp_path), strict=True)
+    assert [c.public_key for c in found.entries.values()] == [good.public_key]
+    assert "40 Z85 characters" in found.problems[str(sub / "bad.key")]
+
+
 def test_a_file_swapped_for_a_link_after_the_listing_is_never_opened_through_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

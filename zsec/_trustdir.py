@@ -174,21 +174,8 @@ class Scan:
 def scan(real_dir: str, shown_dir: str, real_root: str, *, strict: bool) -> Scan:
     """Load every certificate at or under one directory of a trust directory."""
     found = Scan()
-    pending: list[tuple[str, str, str]] = []
-    _walk(real_dir, shown_dir, real_root, strict, found, pending)
-    # Keys of the common layout are decoded together, far cheaper than one
-    # by one; an invalid key sends its file through the full reader.
-    keys = z85_decode_keys([text for _, text, _ in pending])
-    for (shown, text, meta), public in zip(pending, keys, strict=True):
-        if public is not None:
-            found.entries[shown] = public_cert(public, text, meta)
-        else:
-            _keep(found, shown, read_cert(_real_of(shown, shown_dir, real_dir), strict=strict))
+    _walk(real_dir, shown_dir, real_root, strict, found)
     return found
-
-
-def _real_of(shown: str, shown_dir: str, real_dir: str) -> str:
-    return real_dir + shown[len(shown_dir) :]
 
 
 def _keep(found: Scan, shown: str, loaded: Loaded) -> None:
@@ -206,7 +193,6 @@ def _walk(
     real_root: str,
     strict: bool,
     found: Scan,
-    pending: list[tuple[str, str, str]],
 ) -> None:
     if strict:
         problem = dir_problem(real, real_root, found.verdicts)
@@ -222,6 +208,7 @@ def _walk(
         found.problems[shown] = f"cannot list directory: {exc.strerror}"
         return
     sep = os.sep
+    pending: list[tuple[str, str, str, str]] = []
     try:
         for entry in entries:
             name = entry.name
@@ -241,7 +228,7 @@ def _walk(
                 continue
             path = shown + sep + name
             if is_dir:
-                _walk(entry.path, path, real_root, strict, found, pending)
+                _walk(entry.path, path, real_root, strict, found)
                 continue
             found.inodes[path] = inode
             if link:
@@ -274,9 +261,19 @@ def _walk(
                     continue
             fields = fast_fields(data)
             if fields is not None and fields[1] is None:
-                pending.append((path, fields[0], fields[2]))
+                pending.append((path, name, fields[0], fields[2]))
             else:
                 _keep(found, path, parse_cert(path, data))
+        # Keys of the common layout are decoded together, far cheaper than
+        # one by one; an invalid key sends its file through the full reader,
+        # read again through the same directory handle.
+        keys = z85_decode_keys([text for _, _, text, _ in pending])
+        for (path, name, text, meta), public in zip(pending, keys, strict=True):
+            if public is not None:
+                found.entries[path] = public_cert(public, text, meta)
+            else:
+                loaded = read_cert(path, strict=strict, dir_fd=dir_fd, name=name)
+                _keep(found, path, loaded)
     finally:
         os.close(dir_fd)
 
