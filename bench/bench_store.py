@@ -398,7 +398,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--ops", type=int, default=400)
-    parser.add_argument("--swaps", type=int, default=40)
+    parser.add_argument("--swaps", type=int, default=100)
     parser.add_argument("--swap-certs", type=int, default=1000)
     parser.add_argument("--skip-100k", action="store_true")
     parser.add_argument("--only", choices=["load", "latency", "swap", "scale", "lookup"])
