@@ -25,7 +25,7 @@ import operator
 import os
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -291,6 +291,71 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
     )
 
 
+# A decision's fields 1..10 (mechanism to reason code) by what they depend
+# on, with the certificate they were made with.
+_SHAPES: dict[tuple[Any, ...], tuple[Cert | None, tuple[Any, ...], bytes]] = {}
+
+
+def build_decisions(
+    batch: Iterable[Any], anchor: _Anchor, markers: list[Any], lines: list[bytes] | None = None
+) -> list[Event]:
+    """The events of a dispatcher batch, in order: raw decisions built, ready events as they are.
+
+    Anything else in the batch (a flush marker) goes to ``markers``. With
+    ``lines``, each event's ``audit_line`` is appended to it too. The
+    decisions are the same as ``build_decision`` makes, with one dict lookup
+    each: the fields that do not vary per request, and their JSON, are made
+    once per distinct request and reply (a bounded cache), so only the time
+    and the latency are new. A certificate whose metadata changed is a new
+    object, so a cached entry made with another one is made again.
+    """
+    shapes = _SHAPES
+    offset = anchor.wall - anchor.perf
+    out: list[Event] = []
+    append = out.append
+    line, whole, stamp = _DECISION_LINE, _SECOND_BYTES[0], _SECOND_BYTES[1]
+    for raw in batch:
+        if type(raw) is not tuple:
+            if isinstance(raw, threading.Event):
+                markers.append(raw)
+                continue
+            append(raw)
+            if lines is not None:
+                lines.append(audit_line(raw))
+            continue
+        t0, t1, request, reply, cert, _ = raw
+        if request is None:
+            event = build_decision(raw, anchor)
+            append(event)
+            if lines is not None:
+                lines.append(audit_line(event))
+            continue
+        # Never the PLAIN password: only the first credential (the
+        # username or the CURVE key) is part of the shape.
+        shape = (
+            request.mechanism,
+            request.domain,
+            request.address,
+            request.credentials[:1],
+            reply.status_code,
+            reply.status_text,
+        )
+        entry = shapes.get(shape)
+        if entry is None or entry[0] is not cert:
+            if len(shapes) >= _CACHE_LIMIT:
+                shapes.clear()
+            fields = build_decision(raw, anchor)[1:11]
+            entry = shapes[shape] = (cert, fields, _middle(fields))
+        when = offset + t0
+        latency = t1 - t0
+        append(_new_decision(Decision, (when, *entry[1], latency)))
+        if lines is not None:
+            if not 0.0 <= when - whole < 1.0:
+                whole, stamp = _second_bytes(int(when))
+            lines.append(line % (stamp, (when - whole) * 1e6, entry[2], latency))
+    return out
+
+
 # -- logging -----------------------------------------------------------------------
 
 
@@ -398,22 +463,27 @@ def audit_line(event: Event) -> bytes:
     fields = event[1:11]
     middle = _MIDDLES.get(fields)
     if middle is None:
-        middle = (
-            f'"mechanism":{_quote(event.mechanism)},"domain":{_quote(event.domain)},'
-            f'"address":{_quote(event.address)},"username":{_json_text(event.username)},'
-            f'"key":{_json_text(event.key)},"cert_name":{_json_text(event.cert_name)},'
-            f'"verdict":{_quote(event.verdict)},"status":{int(event.status)},'
-            f'"reason":{_quote(event.reason)},"reason_code":{_quote(event.reason_code)}'
-        ).encode("ascii")
         if len(_MIDDLES) >= _CACHE_LIMIT:
             _MIDDLES.clear()
-        _MIDDLES[fields] = middle
+        middle = _MIDDLES[fields] = _middle(fields)
     when = event[0]
     whole = int(when)
     second = _SECOND_BYTES
     if second[0] != whole:
         second = _second_bytes(whole)
     return _DECISION_LINE % (second[1], (when - whole) * 1e6, middle, event[11])
+
+
+def _middle(fields: tuple[Any, ...]) -> bytes:
+    """The JSON of a decision's fields from mechanism to reason code (``event[1:11]``)."""
+    mechanism, domain, address, username, key, cert_name, verdict, status, reason, code = fields
+    return (
+        f'"mechanism":{_quote(mechanism)},"domain":{_quote(domain)},'
+        f'"address":{_quote(address)},"username":{_json_text(username)},'
+        f'"key":{_json_text(key)},"cert_name":{_json_text(cert_name)},'
+        f'"verdict":{_quote(verdict)},"status":{int(status)},'
+        f'"reason":{_quote(reason)},"reason_code":{_quote(code)}'
+    ).encode("ascii")
 
 
 _DECISION_LINE = b'{"event":"decision","time":"%b.%06dZ",%b,"latency":%.7f}\n'
@@ -493,8 +563,11 @@ class AuditLog:
             return True
         return (st.st_dev, st.st_ino) != self._id
 
-    def write(self, events: Sequence[Event]) -> None:
-        """Append one line per event; I/O errors are counted and logged, never raised."""
+    def write(self, events: Sequence[Event], lines: list[bytes] | None = None) -> None:
+        """Append one line per event; I/O errors are counted and logged, never raised.
+
+        ``lines``, when given, are the events' ``audit_line`` already made.
+        """
         with self._lock:
             if self._fd < 0:
                 return
@@ -503,7 +576,13 @@ class AuditLog:
                     self._open()
             except (OSError, AuthError) as exc:
                 self._failed(exc)
-            lines = [audit_line(event) for event in events]
+            if lines is None:
+                lines = [audit_line(event) for event in events]
+            if max(map(len, lines), default=0) > _BLOCK:
+                lines = [
+                    audit_line(_shortened(event)) if len(line) > _BLOCK else line
+                    for line, event in zip(lines, events, strict=True)
+                ]
             out: list[bytes] = []
             start = self._offset
             if self._torn:
@@ -511,24 +590,7 @@ class AuditLog:
                 # fragment, or the first new line would be glued to it and lost.
                 out.append(b"\n")
                 start += 1
-            # No line may straddle a 4 KiB boundary of the file: a line that
-            # would is preceded by a padding line that closes the block.
-            free = _BLOCK - start % _BLOCK  # left in the current block
-            for i, line in enumerate(lines):
-                size = len(line)
-                if size > _BLOCK:
-                    line = audit_line(_shortened(events[i]))
-                    size = len(line)
-                if size <= free - 3 or size == free:
-                    free -= size
-                elif size < free:
-                    # It fits but would leave too little for a padding line.
-                    line = line[:-1] + b" " * (free - size) + b"\n"
-                    free = 0
-                else:
-                    out.append(_padding(free))
-                    free = _BLOCK - size
-                out.append(line)
+            _pack(lines, start, out)
             # One write for the batch: Linux stops a write cut short by a
             # fatal signal only between pages, and every page boundary is a
             # line boundary here.
@@ -577,6 +639,41 @@ class AuditLog:
 
 _BLOCK = 4096
 _FIELD_LIMIT = 200
+
+
+def _pack(lines: list[bytes], start: int, out: list[bytes]) -> None:
+    """Append ``lines`` to ``out``, to be written at file offset ``start``, none across 4 KiB.
+
+    A line that would cross a block boundary is preceded by a padding line
+    that closes the block; a line that fits but would leave too little room
+    for a padding line (one or two bytes) is widened with spaces to fill it.
+    Works a block at a time: the lines that end within the current block
+    are found by bisecting their running end offsets. Every line is at most
+    one block long.
+    """
+    ends = list(itertools.accumulate(map(len, lines)))  # relative to the first line's start
+    count = len(lines)
+    at = start  # the file offset of lines[i]
+    i = 0
+    while i < count:
+        before = ends[i - 1] if i else 0
+        free = _BLOCK - at % _BLOCK
+        j = bisect_right(ends, before + free, i)  # lines[i:j] end within this block
+        if j > i:
+            at += ends[j - 1] - before
+            left = free - (ends[j - 1] - before)
+            if 0 < left < 3:
+                out.extend(lines[i : j - 1])
+                last = lines[j - 1]
+                out.append(last[:-1] + b" " * left + b"\n")
+                at += left
+            else:
+                out.extend(lines[i:j])
+            i = j
+        else:
+            # lines[i] does not fit in what is left of this block.
+            out.append(_padding(free))
+            at += free
 
 
 def _whole(chunk: list[bytes], size: int) -> Iterator[bytes]:
@@ -659,27 +756,23 @@ class Metrics:
         self.registries: list[Any] = []
 
     def count(self, events: list[Event], domains: frozenset[str]) -> None:
-        # Counted with C-level iteration (Counter over itemgetter maps): this
-        # runs for every decision, in the thread that competes with ZAP's.
-        decisions: list[Any] = [e for e in events if type(e) is Decision]
-        trust: collections.Counter[str] = collections.Counter()
-        if len(decisions) != len(events):
-            trust.update(e.action for e in events if type(e) is TrustChange)
+        # Counted with C-level iteration (Counter over itemgetter maps, sorted
+        # latencies bisected once per bucket bound): this runs for every
+        # decision, in the thread that competes with ZAP's for the GIL.
+        if set(map(type, events)) == {Decision}:
+            decisions: list[Any] = events
+            trust: collections.Counter[str] = collections.Counter()
+        else:
+            decisions = [e for e in events if type(e) is Decision]
+            trust = collections.Counter(e.action for e in events if type(e) is TrustChange)
         raw = collections.Counter(map(_DECISION_LABELS, decisions))
-        buckets = collections.Counter(
-            zip(
-                map(_MECHANISM, decisions),
-                map(bisect_left, itertools.repeat(LATENCY_BUCKETS), map(_LATENCY, decisions)),
-                strict=True,
-            )
-        )
-        mechanisms = {m for m, _ in buckets}
-        sums: dict[str, float] = {}
+        mechanisms = set(map(_MECHANISM, decisions))
+        latencies: dict[str, list[float]] = {}
         if len(mechanisms) == 1:
-            sums[mechanisms.pop()] = sum(map(_LATENCY, decisions))
+            latencies[mechanisms.pop()] = sorted(map(_LATENCY, decisions))
         else:
             for mechanism in mechanisms:
-                sums[mechanism] = sum(e[11] for e in decisions if e[1] == mechanism)
+                latencies[mechanism] = sorted(e[11] for e in decisions if e[1] == mechanism)
         with self._lock:
             counted = self.decisions
             for (mechanism, domain, verdict, code), value in raw.items():
@@ -690,15 +783,19 @@ class Metrics:
                     domain = "other"
                 counted[mechanism, domain, verdict, code] += value
             self.trust.update(trust)
-            for (mechanism, bucket), value in buckets.items():
-                if mechanism not in _MECHANISMS:
-                    mechanism = "other"
-                counts = self._latency.setdefault(
-                    mechanism, ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
-                )[0]
-                counts[bucket] += value
-            for mechanism, total in sums.items():
-                self._latency[mechanism if mechanism in _MECHANISMS else "other"][1][0] += total
+            for mechanism, values in latencies.items():
+                label = mechanism if mechanism in _MECHANISMS else "other"
+                counts, total = self._latency.setdefault(
+                    label, ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+                )
+                # Bucket i holds the values above bound i-1, up to bound i.
+                below = 0
+                for i, bound in enumerate(LATENCY_BUCKETS):
+                    upto = bisect_right(values, bound)
+                    counts[i] += upto - below
+                    below = upto
+                counts[-1] += len(values) - below
+                total[0] += sum(values)
 
     def collect(self) -> Iterator[Any]:
         """Yield the metric families (the prometheus_client collector protocol)."""
@@ -1066,23 +1163,17 @@ class EventHub:
 
     def _dispatch(self, batch: list[Any]) -> None:
         anchor = _Anchor()
-        events: list[Event] = []
         markers: list[threading.Event] = []
-        for item in batch:
-            if type(item) is tuple:
-                events.append(build_decision(item, anchor))
-            elif isinstance(item, threading.Event):
-                markers.append(item)
-            else:
-                events.append(item)
+        audit = self._audit
+        lines: list[bytes] | None = None if audit is None else []
+        events = build_decisions(batch, anchor, markers, lines)
         if events:
             policy = self.policy()
             # The audit trail first: nothing the application plugs into
             # logging (a filter or handler that raises) may cost an audit
             # line, a count or a subscriber's event.
-            audit = self._audit
             if audit is not None:
-                audit.write(events)
+                audit.write(events, lines)
             metrics = self.metrics
             if metrics is not None:
                 domains = frozenset(policy.plain) | frozenset(policy.curve)
