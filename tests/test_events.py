@@ -322,3 +322,35 @@ def test_a_guard_cut_is_a_session_cut_event(
     metrics = auth._events.metrics
     assert metrics is not None and metrics.trust["session-cut"] == 1
     assert '"action":"session-cut"' in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_decisions_built_in_a_batch_follow_certificate_changes_and_the_clock() -> None:
+    from zsec._events import _Anchor, audit_line, build_decision, build_decisions
+    from zsec._zap import ZapReply, ZapRequest
+
+    key = zsec.Cert().public_key
+    request = ZapRequest(b"1.0", b"1", b"global", b"127.0.0.1", b"", b"CURVE", (key,))
+    reply = ZapReply(b"1", b"200", b"OK")
+    old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
+    old.set_meta("name", "old name")
+    new.set_meta("name", "new name")  # the same key, its metadata changed
+    anchor = _Anchor()
+    # Just before a second boundary, then across it, within one batch.
+    anchor.wall, anchor.perf = float(int(time.time())) + 0.9999, 100.0
+    raws = [(100.0 + i * 0.00005, 100.0 + i * 0.00005 + 1e-5, request, reply, cert, None)
+            for i, cert in enumerate([old, old, new, new, old])]  # fmt: skip
+    markers: list[Any] = []
+    lines: list[bytes] = []
+    events = build_decisions([*raws, threading.Event()], anchor, markers, lines)
+    assert len(markers) == 1
+    assert events == [build_decision(raw, anchor) for raw in raws]
+    assert [e.cert_name for e in events] == [
+        "old name",
+        "old name",
+        "new name",
+        "new name",
+        "old name",
+    ]
+    assert lines == [audit_line(e) for e in events]
+    stamps = [line.split(b'"time":"')[1][:19] for line in lines]
+    assert stamps[0] != stamps[-1]  # the batch crossed a second, and the lines say so
