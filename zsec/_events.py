@@ -192,9 +192,13 @@ class TrustChange(NamedTuple):
 
 Event = Decision | TrustChange
 
-# What the ZAP thread posts: (t0, t1, request or None, reply, cert or None,
-# frames or None). perf_counter times; the wall clock is derived later.
-_Raw = tuple[float, float, "ZapRequest | None", "ZapReply", "Cert | None", "list[bytes] | None"]
+# What the ZAP thread posts: (t0, t1, shape, cert or None), perf_counter
+# times (the wall clock is derived later), the shape being what the event's
+# other fields are made of: (mechanism, domain, address, the first credential
+# in a tuple (username or CURVE key; never the PLAIN password), status code,
+# status text). For a malformed request: (t0, t1, None, (status code, status
+# text, frames)).
+_Raw = tuple[float, float, "tuple[Any, ...] | None", Any]
 
 
 def _cert_name(cert: Cert | None) -> str | None:
@@ -251,18 +255,20 @@ def _z85(key: bytes) -> str:
 
 def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
     """Make the immutable event from what the ZAP thread posted."""
-    t0, t1, request, reply, cert, frames = raw
-    status, verdict, reason, code = _outcome(reply.status_code, reply.status_text)
-    username = key = None
-    if request is not None:
-        mechanism = _text(request.mechanism)
-        domain, address = _text(request.domain), _text(request.address)
+    t0, t1, shape, extra = raw
+    username = key = cert_name = None
+    if shape is not None:
+        raw_mechanism, raw_domain, raw_address, credentials, status_code, status_text = shape
+        mechanism = _text(raw_mechanism)
+        domain, address = _text(raw_domain), _text(raw_address)
         if mechanism == "CURVE":
-            key = _z85(request.credentials[0])
+            key = _z85(credentials[0])
         elif mechanism == "PLAIN":
-            username = _text(request.credentials[0])
+            username = _text(credentials[0])
+        cert_name = None if extra is None else extra.meta("name")
     else:
         # A malformed request: what can be read of it, never the credentials.
+        status_code, status_text, frames = extra
         fields = ["", "", ""]
         if frames is not None:
             start = 0
@@ -272,6 +278,7 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
                 if start and len(frames) > at:
                     fields[i] = _text(frames[at][:255])
         mechanism, domain, address = fields
+    status, verdict, reason, code = _outcome(status_code, status_text)
     return _new_decision(
         Decision,
         (
@@ -281,7 +288,7 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
             address,
             username,
             key,
-            None if cert is None else cert.meta("name"),
+            cert_name,
             verdict,
             status,
             reason,
@@ -291,8 +298,8 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
     )
 
 
-# A decision's fields 1..10 (mechanism to reason code) by what they depend
-# on, with the certificate they were made with.
+# A decision's fields 1..10 (mechanism to reason code) and their audit JSON
+# by shape, with the certificate they were made with.
 _SHAPES: dict[tuple[Any, ...], tuple[Cert | None, tuple[Any, ...], bytes]] = {}
 
 
@@ -305,8 +312,8 @@ def build_decisions(
     ``lines``, each event's ``audit_line`` is appended to it too. The
     decisions are the same as ``build_decision`` makes, with one dict lookup
     each: the fields that do not vary per request, and their JSON, are made
-    once per distinct request and reply (a bounded cache), so only the time
-    and the latency are new. A certificate whose metadata changed is a new
+    once per distinct shape (a bounded cache), so only the time and the
+    latency are new. A certificate whose metadata changed is a new
     object, so a cached entry made with another one is made again.
     """
     shapes = _SHAPES
@@ -323,23 +330,13 @@ def build_decisions(
             if lines is not None:
                 lines.append(audit_line(raw))
             continue
-        t0, t1, request, reply, cert, _ = raw
-        if request is None:
+        t0, t1, shape, cert = raw
+        if shape is None:
             event = build_decision(raw, anchor)
             append(event)
             if lines is not None:
                 lines.append(audit_line(event))
             continue
-        # Never the PLAIN password: only the first credential (the
-        # username or the CURVE key) is part of the shape.
-        shape = (
-            request.mechanism,
-            request.domain,
-            request.address,
-            request.credentials[:1],
-            reply.status_code,
-            reply.status_text,
-        )
         entry = shapes.get(shape)
         if entry is None or entry[0] is not cert:
             if len(shapes) >= _CACHE_LIMIT:
@@ -1008,7 +1005,12 @@ class EventHub:
         cert: Cert | None = None,
         frames: list[bytes] | None = None,
     ) -> None:
-        """Hand over one decision (ZAP thread): a tuple and a deque append."""
+        """Hand over one decision (ZAP thread): a tuple and a deque append.
+
+        Only what the event is made of travels (see ``_Raw``): the request,
+        the reply and their frames are freed here, in the thread that made
+        them, and the PLAIN password never leaves this thread.
+        """
         if (
             not self.want_allowed
             and reply.status_code == b"200"
@@ -1019,7 +1021,26 @@ class EventHub:
         if len(queue) >= self._limit:
             self._drop()
             return
-        queue.append((t0, time.perf_counter(), request, reply, cert, frames))
+        if request is not None:
+            queue.append(
+                (
+                    t0,
+                    time.perf_counter(),
+                    (
+                        request.mechanism,
+                        request.domain,
+                        request.address,
+                        request.credentials[:1],
+                        reply.status_code,
+                        reply.status_text,
+                    ),
+                    cert,
+                )
+            )
+        else:
+            queue.append(
+                (t0, time.perf_counter(), None, (reply.status_code, reply.status_text, frames))
+            )
         if self._idle:
             self._idle = False
             self._wake.set()
