@@ -49,8 +49,9 @@ QUEUE_LIMIT = 65_536
 #: At most one "events dropped" warning per this many seconds (per queue).
 DROP_REPORT_SECONDS = 10.0
 # After a busy batch the dispatcher pauses this long so that the next batch
-# is bigger: fewer wake-ups, less GIL traffic with the ZAP thread.
-_BATCH_PAUSE = 0.01
+# is bigger: fewer wake-ups, less GIL traffic with the ZAP thread. (Under
+# load, events reach the audit log and subscribers up to this much later.)
+_BATCH_PAUSE = 0.05
 _IDLE_WAKE = 1.0
 #: How often the dispatcher looks whether each store's directory still exists.
 STORE_CHECK_SECONDS = 1.0
@@ -975,6 +976,7 @@ class EventHub:
         self.policy = policy
         self._limit = limit
         self._queue: collections.deque[Any] = collections.deque()
+        self._shapes: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # ZAP thread only
         self._wake = threading.Event()
         self._idle = False
         self._dropped = 0
@@ -1022,21 +1024,25 @@ class EventHub:
             self._drop()
             return
         if request is not None:
-            queue.append(
-                (
-                    t0,
-                    time.perf_counter(),
-                    (
-                        request.mechanism,
-                        request.domain,
-                        request.address,
-                        request.credentials[:1],
-                        reply.status_code,
-                        reply.status_text,
-                    ),
-                    cert,
-                )
+            shape = (
+                request.mechanism,
+                request.domain,
+                request.address,
+                request.credentials[:1],
+                reply.status_code,
+                reply.status_text,
             )
+            # The first equal shape instead, when there is one: what the
+            # events thread gets is then long-lived (compared by identity,
+            # never freed there), and this one is freed here, where it was
+            # made; allocator traffic between the two threads costs both.
+            shapes = self._shapes
+            known = shapes.get(shape)
+            if known is None:
+                if len(shapes) >= _CACHE_LIMIT:
+                    self._shapes = shapes = {}
+                known = shapes[shape] = shape
+            queue.append((t0, time.perf_counter(), known, cert))
         else:
             queue.append(
                 (t0, time.perf_counter(), None, (reply.status_code, reply.status_text, frames))
@@ -1180,7 +1186,10 @@ class EventHub:
             if self._closed and not queue:
                 return
             if count > 1:
-                time.sleep(_BATCH_PAUSE)
+                # Posts do not end the pause (only an idle dispatcher is
+                # woken); a flush or close does.
+                wake.wait(_BATCH_PAUSE)
+                wake.clear()
 
     def _dispatch(self, batch: list[Any]) -> None:
         anchor = _Anchor()
