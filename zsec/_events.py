@@ -1162,7 +1162,7 @@ class EventHub:
         queue, wake = self._queue, self._wake
         while True:
             self._idle = True
-            if not queue:
+            if not queue and not self._closed:
                 wake.wait(_IDLE_WAKE)
                 wake.clear()
             self._idle = False
