@@ -328,14 +328,15 @@ def test_decisions_built_in_a_batch_follow_certificate_changes_and_the_clock() -
     from zsec._events import _Anchor, audit_line, build_decision, build_decisions
 
     key = zsec.Cert().public_key
-    shape = (b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK")  # what post() sends
+    # What post() sends: the slot of one shape, filled in by the events thread.
+    slot = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None]
     old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
     old.set_meta("name", "old name")
     new.set_meta("name", "new name")  # the same key, its metadata changed
     anchor = _Anchor()
     # Just before a second boundary, then across it, within one batch.
     anchor.wall, anchor.perf = float(int(time.time())) + 0.9999, 100.0
-    raws = [(100.0 + i * 0.00005, 100.0 + i * 0.00005 + 1e-5, shape, cert)
+    raws = [(100.0 + i * 0.00005, 100.0 + i * 0.00005 + 1e-5, slot, cert)
             for i, cert in enumerate([old, old, new, new, old])]  # fmt: skip
     markers: list[Any] = []
     lines: list[bytes] = []

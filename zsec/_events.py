@@ -1,8 +1,8 @@
 """Decision and trust-change events: the hub, the logging sink, the audit log and metrics.
 
 The ZAP thread hands each decision to ``EventHub.post`` as a cheap tuple (two
-clock reads and a deque append); everything else happens in the hub's own
-dispatcher thread, in batches: building the immutable event, logging it,
+clock reads, a dict lookup and a deque append); everything else happens in
+the hub's own dispatcher thread, in batches: building the immutable event, logging it,
 writing the audit line, counting metrics, and handing the batch to each
 subscriber's own queue and thread. Every queue is bounded: when one is full
 the event is dropped and counted, never waited for, so a slow, blocking or
@@ -84,6 +84,10 @@ def reason_code(reason: str, status: int) -> str:
 # The events thread's caches of derived text: small, since under hostile
 # traffic (random addresses, keys, names) every entry is new.
 _CACHE_LIMIT = 1024
+# Slots (see _Raw) per hub: each keeps a request's text fields alive, and
+# their JSON, so fewer than the text caches; more distinct shapes in turn
+# than this only cost each decision the slower build.
+_SLOT_LIMIT = 512
 _TEXTS: dict[bytes, str] = {}
 
 
@@ -193,13 +197,15 @@ class TrustChange(NamedTuple):
 
 Event = Decision | TrustChange
 
-# What the ZAP thread posts: (t0, t1, shape, cert or None), perf_counter
-# times (the wall clock is derived later), the shape being what the event's
-# other fields are made of: (mechanism, domain, address, the first credential
-# in a tuple (username or CURVE key; never the PLAIN password), status code,
-# status text). For a malformed request: (t0, t1, None, (status code, status
-# text, frames)).
-_Raw = tuple[float, float, "tuple[Any, ...] | None", Any]
+# What the ZAP thread posts: (t0, t1, slot, cert or None), perf_counter
+# times (the wall clock is derived later). The slot is the hub's long-lived
+# list for one shape, [shape, cert, fields, audit JSON]: the shape is what
+# the event's other fields are made of, (mechanism, domain, address, the
+# first credential in a tuple (username or CURVE key; never the PLAIN
+# password), status code, status text); the events thread fills in the rest,
+# made with that cert. For a malformed request: (t0, t1, None, (status code,
+# status text, frames)).
+_Raw = tuple[float, float, "list[Any] | None", Any]
 
 
 def _cert_name(cert: Cert | None) -> str | None:
@@ -256,10 +262,10 @@ def _z85(key: bytes) -> str:
 
 def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
     """Make the immutable event from what the ZAP thread posted."""
-    t0, t1, shape, extra = raw
+    t0, t1, slot, extra = raw
     username = key = cert_name = None
-    if shape is not None:
-        raw_mechanism, raw_domain, raw_address, credentials, status_code, status_text = shape
+    if slot is not None:
+        raw_mechanism, raw_domain, raw_address, credentials, status_code, status_text = slot[0]
         mechanism = _text(raw_mechanism)
         domain, address = _text(raw_domain), _text(raw_address)
         if mechanism == "CURVE":
@@ -299,11 +305,6 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
     )
 
 
-# A decision's fields 1..10 (mechanism to reason code) and their audit JSON
-# by shape, with the certificate they were made with.
-_SHAPES: dict[tuple[Any, ...], tuple[Cert | None, tuple[Any, ...], bytes]] = {}
-
-
 def build_decisions(
     batch: Iterable[Any], anchor: _Anchor, markers: list[Any], lines: list[bytes] | None = None
 ) -> list[Event]:
@@ -311,13 +312,12 @@ def build_decisions(
 
     Anything else in the batch (a flush marker) goes to ``markers``. With
     ``lines``, each event's ``audit_line`` is appended to it too. The
-    decisions are the same as ``build_decision`` makes, with one dict lookup
-    each: the fields that do not vary per request, and their JSON, are made
-    once per distinct shape (a bounded cache), so only the time and the
-    latency are new. A certificate whose metadata changed is a new
-    object, so a cached entry made with another one is made again.
+    decisions are the same as ``build_decision`` makes: the fields that do
+    not vary per request, and their JSON, are made once per slot (see
+    ``_Raw``), so only the time and the latency are new. A certificate whose
+    metadata changed is a new object, so fields made with another one are
+    made again.
     """
-    shapes = _SHAPES
     offset = anchor.wall - anchor.perf
     out: list[Event] = []
     append = out.append
@@ -331,26 +331,27 @@ def build_decisions(
             if lines is not None:
                 lines.append(audit_line(raw))
             continue
-        t0, t1, shape, cert = raw
-        if shape is None:
+        t0, t1, slot, cert = raw
+        if slot is None:
             event = build_decision(raw, anchor)
             append(event)
             if lines is not None:
                 lines.append(audit_line(event))
             continue
-        entry = shapes.get(shape)
-        if entry is None or entry[0] is not cert:
-            if len(shapes) >= _CACHE_LIMIT:
-                shapes.clear()
+        fields = slot[2]
+        if fields is None or slot[1] is not cert:
             fields = build_decision(raw, anchor)[1:11]
-            entry = shapes[shape] = (cert, fields, _middle(fields))
+            slot[1:] = cert, fields, None
         when = offset + t0
         latency = t1 - t0
-        append(_new_decision(Decision, (when, *entry[1], latency)))
+        append(_new_decision(Decision, (when, *fields, latency)))
         if lines is not None:
             if not 0.0 <= when - whole < 1.0:
                 whole, stamp = _second_bytes(int(when))
-            lines.append(line % (stamp, (when - whole) * 1e6, entry[2], latency))
+            middle = slot[3]
+            if middle is None:  # made when first needed: most traffic may not be audited
+                middle = slot[3] = _middle(fields)
+            lines.append(line % (stamp, (when - whole) * 1e6, middle, latency))
     return out
 
 
@@ -976,7 +977,7 @@ class EventHub:
         self.policy = policy
         self._limit = limit
         self._queue: collections.deque[Any] = collections.deque()
-        self._shapes: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # ZAP thread only
+        self._slots: dict[tuple[Any, ...], list[Any]] = {}  # see _Raw; ZAP thread only
         self._wake = threading.Event()
         self._idle = False
         self._dropped = 0
@@ -1032,17 +1033,17 @@ class EventHub:
                 reply.status_code,
                 reply.status_text,
             )
-            # The first equal shape instead, when there is one: what the
-            # events thread gets is then long-lived (compared by identity,
-            # never freed there), and this one is freed here, where it was
-            # made; allocator traffic between the two threads costs both.
-            shapes = self._shapes
-            known = shapes.get(shape)
-            if known is None:
-                if len(shapes) >= _CACHE_LIMIT:
-                    self._shapes = shapes = {}
-                known = shapes[shape] = shape
-            queue.append((t0, time.perf_counter(), known, cert))
+            # One long-lived slot per shape, which the events thread fills
+            # with the event's fields once: only the times are new per
+            # decision, and this shape is freed here, where it was made
+            # (allocator traffic between the two threads costs both).
+            slots = self._slots
+            slot = slots.get(shape)
+            if slot is None:
+                if len(slots) >= _SLOT_LIMIT:
+                    self._slots = slots = {}
+                slot = slots[shape] = [shape, None, None, None]
+            queue.append((t0, time.perf_counter(), slot, cert))
         else:
             queue.append(
                 (t0, time.perf_counter(), None, (reply.status_code, reply.status_text, frames))
