@@ -935,7 +935,7 @@ class _Subscription:
         return dropped
 
     def _run(self) -> None:
-        queue, wake = self.queue, self._wake
+        queue, wake, callback = self.queue, self._wake, self.callback
         failures = 0
         while True:
             wake.wait(_IDLE_WAKE)
@@ -944,7 +944,7 @@ class _Subscription:
                 batch = queue.popleft()
                 for event in batch:
                     try:
-                        self.callback(event)
+                        callback(event)
                     except Exception:  # a subscriber's bug is its own
                         failures += 1
                         now = time.monotonic()
