@@ -51,7 +51,7 @@ DROP_REPORT_SECONDS = 10.0
 # After a busy batch the dispatcher pauses this long so that the next batch
 # is bigger: fewer wake-ups, less GIL traffic with the ZAP thread. (Under
 # load, events reach the audit log and subscribers up to this much later.)
-_BATCH_PAUSE = 0.05
+_BATCH_PAUSE = 0.01
 _IDLE_WAKE = 1.0
 #: How often the dispatcher looks whether each store's directory still exists.
 STORE_CHECK_SECONDS = 1.0
@@ -84,10 +84,12 @@ def reason_code(reason: str, status: int) -> str:
 # The events thread's caches of derived text: small, since under hostile
 # traffic (random addresses, keys, names) every entry is new.
 _CACHE_LIMIT = 1024
-# Slots (see _Raw) per hub: each keeps a request's text fields alive, and
-# their JSON, so fewer than the text caches; more distinct shapes in turn
-# than this only cost each decision the slower build.
+# Slots kept (see _Raw) per hub: each keeps a request's text fields alive,
+# and their JSON, so fewer than the text caches; more distinct allowed shapes
+# than this only cost each decision the slower build. A full set is dropped
+# for a new one at most once per _SLOT_RENEWAL seconds.
 _SLOT_LIMIT = 512
+_SLOT_RENEWAL = 60.0
 _TEXTS: dict[bytes, str] = {}
 
 
@@ -198,8 +200,9 @@ class TrustChange(NamedTuple):
 Event = Decision | TrustChange
 
 # What the ZAP thread posts: (t0, t1, slot, cert or None), perf_counter
-# times (the wall clock is derived later). The slot is the hub's long-lived
-# list for one shape, [shape, cert, fields, audit JSON]: the shape is what
+# times (the wall clock is derived later). The slot is a list for one shape,
+# [shape, cert, fields, audit JSON], long-lived for allowed decisions (the
+# hub keeps it), used once for refusals: the shape is what
 # the event's other fields are made of, (mechanism, domain, address, the
 # first credential in a tuple (username or CURVE key; never the PLAIN
 # password), status code, status text); the events thread fills in the rest,
@@ -978,6 +981,7 @@ class EventHub:
         self._limit = limit
         self._queue: collections.deque[Any] = collections.deque()
         self._slots: dict[tuple[Any, ...], list[Any]] = {}  # see _Raw; ZAP thread only
+        self._slots_renewed = time.monotonic()
         self._wake = threading.Event()
         self._idle = False
         self._dropped = 0
@@ -1033,16 +1037,20 @@ class EventHub:
                 reply.status_code,
                 reply.status_text,
             )
-            # One long-lived slot per shape, which the events thread fills
-            # with the event's fields once: only the times are new per
+            # One long-lived slot per allowed shape, which the events thread
+            # fills with the event's fields once: only the times are new per
             # decision, and this shape is freed here, where it was made
             # (allocator traffic between the two threads costs both).
-            slots = self._slots
-            slot = slots.get(shape)
+            # Refusals, hostile ones above all, seldom repeat: theirs are
+            # used once.
+            slot = None
+            allowed = reply.status_code == b"200"
+            if allowed:
+                slot = self._slots.get(shape)
             if slot is None:
-                if len(slots) >= _SLOT_LIMIT:
-                    self._slots = slots = {}
-                slot = slots[shape] = [shape, None, None, None]
+                slot = [shape, None, None, None]
+                if allowed:
+                    self._keep(shape, slot)
             queue.append((t0, time.perf_counter(), slot, cert))
         else:
             queue.append(
@@ -1051,6 +1059,17 @@ class EventHub:
         if self._idle:
             self._idle = False
             self._wake.set()
+
+    def _keep(self, shape: tuple[Any, ...], slot: list[Any]) -> None:
+        slots = self._slots
+        if len(slots) < _SLOT_LIMIT:
+            slots[shape] = slot
+        elif time.monotonic() >= self._slots_renewed + _SLOT_RENEWAL:
+            # Full: start again, at most once a minute, so that many distinct
+            # clients churn no memory meanwhile; a shape without a slot is
+            # only slower to build.
+            self._slots = {shape: slot}
+            self._slots_renewed = time.monotonic()
 
     def publish(self, event: Event) -> None:
         """Hand over a ready event (trust changes; any thread)."""
