@@ -353,3 +353,26 @@ def test_decisions_built_in_a_batch_follow_certificate_changes_and_the_clock() -
     assert lines == [audit_line(e) for e in events]
     stamps = [line.split(b'"time":"')[1][:19] for line in lines]
     assert stamps[0] != stamps[-1]  # the batch crossed a second, and the lines say so
+
+
+def test_events_stay_exact_beyond_the_kept_shapes_and_refusals_keep_none(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zsec import _events
+
+    monkeypatch.setattr(_events, "_SLOT_LIMIT", 3)
+    clients = {f"client{i}": zsec.Cert() for i in range(8)}
+    auth.configure_curve("global", _cert_dir(tmp_path, **clients))
+    strangers = [zsec.Cert() for _ in range(5)]
+    requests = [req(b"CURVE", c.public_key, address=b"192.0.2.8") for c in strangers]
+    requests += [req(b"CURVE", c.public_key) for c in clients.values()] * 3
+    decisions = _recorded(auth, ctx, *requests)
+    assert [(d.key, d.verdict, d.address) for d in decisions[:5]] == [
+        (c.public_txt, "refused", "192.0.2.8") for c in strangers
+    ]
+    assert [(d.key, d.cert_name, d.verdict) for d in decisions[5:]] == [
+        (cert.public_txt, name, "allowed") for name, cert in clients.items()
+    ] * 3
+    # Three allowed shapes kept; no refused one.
+    assert len(auth._events._slots) == 3
+    assert all(shape[4] == b"200" for shape in auth._events._slots)
