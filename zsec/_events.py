@@ -2,9 +2,9 @@
 
 The ZAP thread hands each decision to ``EventHub.post`` as a cheap tuple (two
 clock reads, a dict lookup and a deque append); everything else happens in
-the hub's own dispatcher thread, in batches: building the immutable event, logging it,
-writing the audit line, counting metrics, and handing the batch to each
-subscriber's own queue and thread. Every queue is bounded: when one is full
+the hub's own dispatcher thread, in batches: building the immutable event,
+logging it, writing the audit line, counting metrics, and handing the batch
+to each subscriber's own queue and thread. Every queue is bounded: when one is full
 the event is dropped and counted, never waited for, so a slow, blocking or
 raising subscriber cannot slow or stop authentication. Drops are logged once
 per interval and counted in ``zsec_events_dropped_total``.
@@ -200,14 +200,13 @@ class TrustChange(NamedTuple):
 Event = Decision | TrustChange
 
 # What the ZAP thread posts: (t0, t1, slot, cert or None), perf_counter
-# times (the wall clock is derived later). The slot is a list for one shape,
-# [shape, cert, fields, audit JSON], long-lived for allowed decisions (the
-# hub keeps it), used once for refusals: the shape is what
-# the event's other fields are made of, (mechanism, domain, address, the
-# first credential in a tuple (username or CURVE key; never the PLAIN
-# password), status code, status text); the events thread fills in the rest,
-# made with that cert. For a malformed request: (t0, t1, None, (status code,
-# status text, frames)).
+# times (the wall clock is derived later). A slot is a list for one shape,
+# [shape, cert, fields, audit JSON]: the shape is what the event's other
+# fields are made of, (mechanism, domain, address, the first credential in a
+# tuple (username or CURVE key; never the PLAIN password), status code,
+# status text); the events thread fills in the rest, made with that cert.
+# The hub keeps the slots of allowed decisions; a refusal's is used once.
+# For a malformed request: (t0, t1, None, (status code, status text, frames)).
 _Raw = tuple[float, float, "list[Any] | None", Any]
 
 
