@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -275,3 +276,61 @@ def test_a_raising_log_filter_loses_no_audit_line(
     names = [r["username"] for r in read_audit(_lines(path))]
     assert names == ["bob"] * 3
     wait_for(lambda: len(seen) == 3, what="the subscriber's three events")
+
+
+def test_packed_batches_keep_every_line_within_one_block_from_any_offset() -> None:
+    from zsec._events import _pack
+
+    rng = random.Random(11)
+    for _ in range(300):
+        # Lines of every size up to a whole block, many blocks per batch,
+        # starting anywhere (including a byte or two before a boundary).
+        sizes = [rng.choice((rng.randint(8, 400), rng.randint(8, 4096))) for _ in range(60)]
+        lines = [b'{"%04d' % i + b"x" * (size - 8) + b"}\n" for i, size in enumerate(sizes)]
+        start = rng.choice((rng.randrange(3 * 4096), 4096 * rng.randint(1, 3) - rng.randint(0, 3)))
+        out: list[bytes] = []
+        _pack(lines, start, out)
+        data = b"\n" * start + b"".join(out)  # the bytes already in the file, then the batch
+        for boundary in range(4096 * (start // 4096 + 1), len(data), 4096):
+            assert data[boundary - 1 : boundary] == b"\n", (start, boundary)
+        # Every line is there, in order, at most widened with spaces; the
+        # rest is padding ("{", spaces, "}") that readers skip.
+        written = [piece.rstrip(b" \n") for piece in out if piece.startswith(b'{"')]
+        assert written == [line.rstrip(b"\n") for line in lines]
+        padding = [piece for piece in out if not piece.startswith(b'{"')]
+        assert all(piece.strip(b"{ }\n") == b"" for piece in padding)
+        # Newlines alone only to end a block another writer left one or two bytes short.
+        assert all(p.startswith(b"{") and p.endswith(b"}\n") for p in padding[1:])
+        assert all(len(w) <= 4096 for w in out)
+
+
+def test_the_audit_trail_of_a_traffic_burst_is_exactly_what_subscribers_get(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir(mode=0o700)
+    named = zsec.Cert()
+    named.set_meta("name", 'n\u00e4med "client"')
+    named.save_public(certs / "named.key")
+    auth.configure_curve("global", certs)
+    path = tmp_path / "audit.jsonl"
+    auth.audit_log(path)
+    seen: list[Any] = []
+    auth.subscribe(seen.append)
+    stranger = zsec.Cert()
+    requests = [
+        req(b"CURVE", named.public_key),
+        req(b"CURVE", stranger.public_key, address=b"192.0.2.1"),
+        req(b"NULL", domain=b"x" * 200),
+        req(b"PLAIN", b"u\xffser", b"Wr0ng-Value"),
+        [b"1.0", b"7", b"global"],  # malformed
+    ] * 300
+    zap_ask(ctx, *requests)
+    assert auth.flush_events()
+    wait_for(lambda: len(seen) >= len(requests), what="events delivered")
+    records = list(read_audit(_lines(path)))
+    assert len(records) == len(requests)
+    # Field for field, the audit line is the JSON of the event the subscriber got.
+    assert records == [json.loads(json.dumps(e.to_dict())) for e in seen]
+    assert {r["cert_name"] for r in records} == {None, 'n\u00e4med "client"'}
+    assert "Wr0ng-Value" not in path.read_text()

@@ -322,3 +322,57 @@ def test_a_guard_cut_is_a_session_cut_event(
     metrics = auth._events.metrics
     assert metrics is not None and metrics.trust["session-cut"] == 1
     assert '"action":"session-cut"' in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_decisions_built_in_a_batch_follow_certificate_changes_and_the_clock() -> None:
+    from zsec._events import _Anchor, audit_line, build_decision, build_decisions
+
+    key = zsec.Cert().public_key
+    # What post() sends: the slot of one shape, filled in by the events thread.
+    slot = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None]
+    old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
+    old.set_meta("name", "old name")
+    new.set_meta("name", "new name")  # the same key, its metadata changed
+    anchor = _Anchor()
+    # Just before a second boundary, then across it, within one batch.
+    anchor.wall, anchor.perf = float(int(time.time())) + 0.9999, 100.0
+    raws = [(100.0 + i * 0.00005, 100.0 + i * 0.00005 + 1e-5, slot, cert)
+            for i, cert in enumerate([old, old, new, new, old])]  # fmt: skip
+    markers: list[Any] = []
+    lines: list[bytes] = []
+    events = build_decisions([*raws, threading.Event()], anchor, markers, lines)
+    assert len(markers) == 1
+    assert events == [build_decision(raw, anchor) for raw in raws]
+    assert [e.cert_name for e in events] == [
+        "old name",
+        "old name",
+        "new name",
+        "new name",
+        "old name",
+    ]
+    assert lines == [audit_line(e) for e in events]
+    stamps = [line.split(b'"time":"')[1][:19] for line in lines]
+    assert stamps[0] != stamps[-1]  # the batch crossed a second, and the lines say so
+
+
+def test_events_stay_exact_beyond_the_kept_shapes_and_refusals_keep_none(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zsec import _events
+
+    monkeypatch.setattr(_events, "_SLOT_LIMIT", 3)
+    clients = {f"client{i}": zsec.Cert() for i in range(8)}
+    auth.configure_curve("global", _cert_dir(tmp_path, **clients))
+    strangers = [zsec.Cert() for _ in range(5)]
+    requests = [req(b"CURVE", c.public_key, address=b"192.0.2.8") for c in strangers]
+    requests += [req(b"CURVE", c.public_key) for c in clients.values()] * 3
+    decisions = _recorded(auth, ctx, *requests)
+    assert [(d.key, d.verdict, d.address) for d in decisions[:5]] == [
+        (c.public_txt, "refused", "192.0.2.8") for c in strangers
+    ]
+    assert [(d.key, d.cert_name, d.verdict) for d in decisions[5:]] == [
+        (cert.public_txt, name, "allowed") for name, cert in clients.items()
+    ] * 3
+    # Three allowed shapes kept; no refused one.
+    assert len(auth._events._slots) == 3
+    assert all(shape[4] == b"200" for shape in auth._events._slots)

@@ -12,7 +12,7 @@ from prometheus_client import parser
 
 import zsec
 
-from .helpers import req, zap_ask
+from .helpers import req, wait_for, zap_ask
 
 
 def _scrape(port: int) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
@@ -118,3 +118,39 @@ def test_audit_lines_lost_to_a_full_disk_are_a_metric(
     _, samples = _scrape(port)
     assert samples["zsec_audit_lines_total", ()] == 0
     assert samples["zsec_audit_lost_total", ()] == 4
+
+
+def test_the_latency_histogram_counts_each_decision_in_its_bucket(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    from zsec._events import LATENCY_BUCKETS
+
+    certs = tmp_path / "certs"
+    certs.mkdir(mode=0o700)
+    client = zsec.Cert()
+    client.save_public(certs / "client.key")
+    auth.configure_curve("global", certs)
+    seen: list[Any] = []
+    auth.subscribe(seen.append)
+    port = auth.serve_metrics(0)
+    # Mechanisms mixed within batches, garbage ones counted as "other".
+    requests = [req(b"NULL"), req(b"CURVE", client.public_key), req(b"BOGUS")] * 400
+    zap_ask(ctx, *requests)
+    assert auth.flush_events()
+    wait_for(lambda: len(seen) == len(requests), what="events delivered")
+    _, samples = _scrape(port)
+    for mechanism in ("NULL", "CURVE", "other"):
+        latencies = [
+            d.latency
+            for d in seen
+            if (d.mechanism if d.mechanism in ("NULL", "CURVE") else "other") == mechanism
+        ]
+        assert len(latencies) == 400
+        for bound in LATENCY_BUCKETS:
+            labels = (("le", repr(bound)), ("mechanism", mechanism))
+            expected = sum(1 for value in latencies if value <= bound)
+            assert samples["zsec_decision_latency_seconds_bucket", labels] == expected, bound
+        total = samples["zsec_decision_latency_seconds_sum", (("mechanism", mechanism),)]
+        assert total == pytest.approx(sum(latencies))
+        labels = (("le", "+Inf"), ("mechanism", mechanism))
+        assert samples["zsec_decision_latency_seconds_bucket", labels] == 400

@@ -1,10 +1,10 @@
 """Decision and trust-change events: the hub, the logging sink, the audit log and metrics.
 
 The ZAP thread hands each decision to ``EventHub.post`` as a cheap tuple (two
-clock reads and a deque append); everything else happens in the hub's own
-dispatcher thread, in batches: building the immutable event, logging it,
-writing the audit line, counting metrics, and handing the batch to each
-subscriber's own queue and thread. Every queue is bounded: when one is full
+clock reads, a dict lookup and a deque append); everything else happens in
+the hub's own dispatcher thread, in batches: building the immutable event,
+logging it, writing the audit line, counting metrics, and handing the batch
+to each subscriber's own queue and thread. Every queue is bounded: when one is full
 the event is dropped and counted, never waited for, so a slow, blocking or
 raising subscriber cannot slow or stop authentication. Drops are logged once
 per interval and counted in ``zsec_events_dropped_total``.
@@ -25,7 +25,7 @@ import operator
 import os
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -49,7 +49,8 @@ QUEUE_LIMIT = 65_536
 #: At most one "events dropped" warning per this many seconds (per queue).
 DROP_REPORT_SECONDS = 10.0
 # After a busy batch the dispatcher pauses this long so that the next batch
-# is bigger: fewer wake-ups, less GIL traffic with the ZAP thread.
+# is bigger: fewer wake-ups, less GIL traffic with the ZAP thread. (Under
+# load, events reach the audit log and subscribers up to this much later.)
 _BATCH_PAUSE = 0.01
 _IDLE_WAKE = 1.0
 #: How often the dispatcher looks whether each store's directory still exists.
@@ -83,6 +84,12 @@ def reason_code(reason: str, status: int) -> str:
 # The events thread's caches of derived text: small, since under hostile
 # traffic (random addresses, keys, names) every entry is new.
 _CACHE_LIMIT = 1024
+# Slots kept (see _Raw) per hub: each keeps a request's text fields alive,
+# and their JSON, so fewer than the text caches; more distinct allowed shapes
+# than this only cost each decision the slower build. A full set is dropped
+# for a new one at most once per _SLOT_RENEWAL seconds.
+_SLOT_LIMIT = 512
+_SLOT_RENEWAL = 60.0
 _TEXTS: dict[bytes, str] = {}
 
 
@@ -192,9 +199,15 @@ class TrustChange(NamedTuple):
 
 Event = Decision | TrustChange
 
-# What the ZAP thread posts: (t0, t1, request or None, reply, cert or None,
-# frames or None). perf_counter times; the wall clock is derived later.
-_Raw = tuple[float, float, "ZapRequest | None", "ZapReply", "Cert | None", "list[bytes] | None"]
+# What the ZAP thread posts: (t0, t1, slot, cert or None), perf_counter
+# times (the wall clock is derived later). A slot is a list for one shape,
+# [shape, cert, fields, audit JSON]: the shape is what the event's other
+# fields are made of, (mechanism, domain, address, the first credential in a
+# tuple (username or CURVE key; never the PLAIN password), status code,
+# status text); the events thread fills in the rest, made with that cert.
+# The hub keeps the slots of allowed decisions; a refusal's is used once.
+# For a malformed request: (t0, t1, None, (status code, status text, frames)).
+_Raw = tuple[float, float, "list[Any] | None", Any]
 
 
 def _cert_name(cert: Cert | None) -> str | None:
@@ -251,18 +264,20 @@ def _z85(key: bytes) -> str:
 
 def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
     """Make the immutable event from what the ZAP thread posted."""
-    t0, t1, request, reply, cert, frames = raw
-    status, verdict, reason, code = _outcome(reply.status_code, reply.status_text)
-    username = key = None
-    if request is not None:
-        mechanism = _text(request.mechanism)
-        domain, address = _text(request.domain), _text(request.address)
+    t0, t1, slot, extra = raw
+    username = key = cert_name = None
+    if slot is not None:
+        raw_mechanism, raw_domain, raw_address, credentials, status_code, status_text = slot[0]
+        mechanism = _text(raw_mechanism)
+        domain, address = _text(raw_domain), _text(raw_address)
         if mechanism == "CURVE":
-            key = _z85(request.credentials[0])
+            key = _z85(credentials[0])
         elif mechanism == "PLAIN":
-            username = _text(request.credentials[0])
+            username = _text(credentials[0])
+        cert_name = None if extra is None else extra.meta("name")
     else:
         # A malformed request: what can be read of it, never the credentials.
+        status_code, status_text, frames = extra
         fields = ["", "", ""]
         if frames is not None:
             start = 0
@@ -272,6 +287,7 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
                 if start and len(frames) > at:
                     fields[i] = _text(frames[at][:255])
         mechanism, domain, address = fields
+    status, verdict, reason, code = _outcome(status_code, status_text)
     return _new_decision(
         Decision,
         (
@@ -281,7 +297,7 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
             address,
             username,
             key,
-            None if cert is None else cert.meta("name"),
+            cert_name,
             verdict,
             status,
             reason,
@@ -289,6 +305,56 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
             t1 - t0,
         ),
     )
+
+
+def build_decisions(
+    batch: Iterable[Any], anchor: _Anchor, markers: list[Any], lines: list[bytes] | None = None
+) -> list[Event]:
+    """The events of a dispatcher batch, in order: raw decisions built, ready events as they are.
+
+    Anything else in the batch (a flush marker) goes to ``markers``. With
+    ``lines``, each event's ``audit_line`` is appended to it too. The
+    decisions are the same as ``build_decision`` makes: the fields that do
+    not vary per request, and their JSON, are made once per slot (see
+    ``_Raw``), so only the time and the latency are new. A certificate whose
+    metadata changed is a new object, so fields made with another one are
+    made again.
+    """
+    offset = anchor.wall - anchor.perf
+    out: list[Event] = []
+    append = out.append
+    line, whole, stamp = _DECISION_LINE, _SECOND_BYTES[0], _SECOND_BYTES[1]
+    for raw in batch:
+        if type(raw) is not tuple:
+            if isinstance(raw, threading.Event):
+                markers.append(raw)
+                continue
+            append(raw)
+            if lines is not None:
+                lines.append(audit_line(raw))
+            continue
+        t0, t1, slot, cert = raw
+        if slot is None:
+            event = build_decision(raw, anchor)
+            append(event)
+            if lines is not None:
+                lines.append(audit_line(event))
+            continue
+        fields = slot[2]
+        if fields is None or slot[1] is not cert:
+            fields = build_decision(raw, anchor)[1:11]
+            slot[1:] = cert, fields, None
+        when = offset + t0
+        latency = t1 - t0
+        append(_new_decision(Decision, (when, *fields, latency)))
+        if lines is not None:
+            if not 0.0 <= when - whole < 1.0:
+                whole, stamp = _second_bytes(int(when))
+            middle = slot[3]
+            if middle is None:  # made when first needed: most traffic may not be audited
+                middle = slot[3] = _middle(fields)
+            lines.append(line % (stamp, (when - whole) * 1e6, middle, latency))
+    return out
 
 
 # -- logging -----------------------------------------------------------------------
@@ -398,22 +464,27 @@ def audit_line(event: Event) -> bytes:
     fields = event[1:11]
     middle = _MIDDLES.get(fields)
     if middle is None:
-        middle = (
-            f'"mechanism":{_quote(event.mechanism)},"domain":{_quote(event.domain)},'
-            f'"address":{_quote(event.address)},"username":{_json_text(event.username)},'
-            f'"key":{_json_text(event.key)},"cert_name":{_json_text(event.cert_name)},'
-            f'"verdict":{_quote(event.verdict)},"status":{int(event.status)},'
-            f'"reason":{_quote(event.reason)},"reason_code":{_quote(event.reason_code)}'
-        ).encode("ascii")
         if len(_MIDDLES) >= _CACHE_LIMIT:
             _MIDDLES.clear()
-        _MIDDLES[fields] = middle
+        middle = _MIDDLES[fields] = _middle(fields)
     when = event[0]
     whole = int(when)
     second = _SECOND_BYTES
     if second[0] != whole:
         second = _second_bytes(whole)
     return _DECISION_LINE % (second[1], (when - whole) * 1e6, middle, event[11])
+
+
+def _middle(fields: tuple[Any, ...]) -> bytes:
+    """The JSON of a decision's fields from mechanism to reason code (``event[1:11]``)."""
+    mechanism, domain, address, username, key, cert_name, verdict, status, reason, code = fields
+    return (
+        f'"mechanism":{_quote(mechanism)},"domain":{_quote(domain)},'
+        f'"address":{_quote(address)},"username":{_json_text(username)},'
+        f'"key":{_json_text(key)},"cert_name":{_json_text(cert_name)},'
+        f'"verdict":{_quote(verdict)},"status":{int(status)},'
+        f'"reason":{_quote(reason)},"reason_code":{_quote(code)}'
+    ).encode("ascii")
 
 
 _DECISION_LINE = b'{"event":"decision","time":"%b.%06dZ",%b,"latency":%.7f}\n'
@@ -493,8 +564,11 @@ class AuditLog:
             return True
         return (st.st_dev, st.st_ino) != self._id
 
-    def write(self, events: Sequence[Event]) -> None:
-        """Append one line per event; I/O errors are counted and logged, never raised."""
+    def write(self, events: Sequence[Event], lines: list[bytes] | None = None) -> None:
+        """Append one line per event; I/O errors are counted and logged, never raised.
+
+        ``lines``, when given, are the events' ``audit_line`` already made.
+        """
         with self._lock:
             if self._fd < 0:
                 return
@@ -503,7 +577,13 @@ class AuditLog:
                     self._open()
             except (OSError, AuthError) as exc:
                 self._failed(exc)
-            lines = [audit_line(event) for event in events]
+            if lines is None:
+                lines = [audit_line(event) for event in events]
+            if max(map(len, lines), default=0) > _BLOCK:
+                lines = [
+                    audit_line(_shortened(event)) if len(line) > _BLOCK else line
+                    for line, event in zip(lines, events, strict=True)
+                ]
             out: list[bytes] = []
             start = self._offset
             if self._torn:
@@ -511,24 +591,7 @@ class AuditLog:
                 # fragment, or the first new line would be glued to it and lost.
                 out.append(b"\n")
                 start += 1
-            # No line may straddle a 4 KiB boundary of the file: a line that
-            # would is preceded by a padding line that closes the block.
-            free = _BLOCK - start % _BLOCK  # left in the current block
-            for i, line in enumerate(lines):
-                size = len(line)
-                if size > _BLOCK:
-                    line = audit_line(_shortened(events[i]))
-                    size = len(line)
-                if size <= free - 3 or size == free:
-                    free -= size
-                elif size < free:
-                    # It fits but would leave too little for a padding line.
-                    line = line[:-1] + b" " * (free - size) + b"\n"
-                    free = 0
-                else:
-                    out.append(_padding(free))
-                    free = _BLOCK - size
-                out.append(line)
+            _pack(lines, start, out)
             # One write for the batch: Linux stops a write cut short by a
             # fatal signal only between pages, and every page boundary is a
             # line boundary here.
@@ -577,6 +640,41 @@ class AuditLog:
 
 _BLOCK = 4096
 _FIELD_LIMIT = 200
+
+
+def _pack(lines: list[bytes], start: int, out: list[bytes]) -> None:
+    """Append ``lines`` to ``out``, to be written at file offset ``start``, none across 4 KiB.
+
+    A line that would cross a block boundary is preceded by a padding line
+    that closes the block; a line that fits but would leave too little room
+    for a padding line (one or two bytes) is widened with spaces to fill it.
+    Works a block at a time: the lines that end within the current block
+    are found by bisecting their running end offsets. Every line is at most
+    one block long.
+    """
+    ends = list(itertools.accumulate(map(len, lines)))  # relative to the first line's start
+    count = len(lines)
+    at = start  # the file offset of lines[i]
+    i = 0
+    while i < count:
+        before = ends[i - 1] if i else 0
+        free = _BLOCK - at % _BLOCK
+        j = bisect_right(ends, before + free, i)  # lines[i:j] end within this block
+        if j > i:
+            at += ends[j - 1] - before
+            left = free - (ends[j - 1] - before)
+            if 0 < left < 3:
+                out.extend(lines[i : j - 1])
+                last = lines[j - 1]
+                out.append(last[:-1] + b" " * left + b"\n")
+                at += left
+            else:
+                out.extend(lines[i:j])
+            i = j
+        else:
+            # lines[i] does not fit in what is left of this block.
+            out.append(_padding(free))
+            at += free
 
 
 def _whole(chunk: list[bytes], size: int) -> Iterator[bytes]:
@@ -659,27 +757,23 @@ class Metrics:
         self.registries: list[Any] = []
 
     def count(self, events: list[Event], domains: frozenset[str]) -> None:
-        # Counted with C-level iteration (Counter over itemgetter maps): this
-        # runs for every decision, in the thread that competes with ZAP's.
-        decisions: list[Any] = [e for e in events if type(e) is Decision]
-        trust: collections.Counter[str] = collections.Counter()
-        if len(decisions) != len(events):
-            trust.update(e.action for e in events if type(e) is TrustChange)
+        # Counted with C-level iteration (Counter over itemgetter maps, sorted
+        # latencies bisected once per bucket bound): this runs for every
+        # decision, in the thread that competes with ZAP's for the GIL.
+        if set(map(type, events)) == {Decision}:
+            decisions: list[Any] = events
+            trust: collections.Counter[str] = collections.Counter()
+        else:
+            decisions = [e for e in events if type(e) is Decision]
+            trust = collections.Counter(e.action for e in events if type(e) is TrustChange)
         raw = collections.Counter(map(_DECISION_LABELS, decisions))
-        buckets = collections.Counter(
-            zip(
-                map(_MECHANISM, decisions),
-                map(bisect_left, itertools.repeat(LATENCY_BUCKETS), map(_LATENCY, decisions)),
-                strict=True,
-            )
-        )
-        mechanisms = {m for m, _ in buckets}
-        sums: dict[str, float] = {}
+        mechanisms = set(map(_MECHANISM, decisions))
+        latencies: dict[str, list[float]] = {}
         if len(mechanisms) == 1:
-            sums[mechanisms.pop()] = sum(map(_LATENCY, decisions))
+            latencies[mechanisms.pop()] = sorted(map(_LATENCY, decisions))
         else:
             for mechanism in mechanisms:
-                sums[mechanism] = sum(e[11] for e in decisions if e[1] == mechanism)
+                latencies[mechanism] = sorted(e[11] for e in decisions if e[1] == mechanism)
         with self._lock:
             counted = self.decisions
             for (mechanism, domain, verdict, code), value in raw.items():
@@ -690,15 +784,19 @@ class Metrics:
                     domain = "other"
                 counted[mechanism, domain, verdict, code] += value
             self.trust.update(trust)
-            for (mechanism, bucket), value in buckets.items():
-                if mechanism not in _MECHANISMS:
-                    mechanism = "other"
-                counts = self._latency.setdefault(
-                    mechanism, ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
-                )[0]
-                counts[bucket] += value
-            for mechanism, total in sums.items():
-                self._latency[mechanism if mechanism in _MECHANISMS else "other"][1][0] += total
+            for mechanism, values in latencies.items():
+                label = mechanism if mechanism in _MECHANISMS else "other"
+                counts, total = self._latency.setdefault(
+                    label, ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+                )
+                # Bucket i holds the values above bound i-1, up to bound i.
+                below = 0
+                for i, bound in enumerate(LATENCY_BUCKETS):
+                    upto = bisect_right(values, bound)
+                    counts[i] += upto - below
+                    below = upto
+                counts[-1] += len(values) - below
+                total[0] += sum(values)
 
     def collect(self) -> Iterator[Any]:
         """Yield the metric families (the prometheus_client collector protocol)."""
@@ -839,7 +937,7 @@ class _Subscription:
         return dropped
 
     def _run(self) -> None:
-        queue, wake = self.queue, self._wake
+        queue, wake, callback = self.queue, self._wake, self.callback
         failures = 0
         while True:
             wake.wait(_IDLE_WAKE)
@@ -848,7 +946,7 @@ class _Subscription:
                 batch = queue.popleft()
                 for event in batch:
                     try:
-                        self.callback(event)
+                        callback(event)
                     except Exception:  # a subscriber's bug is its own
                         failures += 1
                         now = time.monotonic()
@@ -881,6 +979,8 @@ class EventHub:
         self.policy = policy
         self._limit = limit
         self._queue: collections.deque[Any] = collections.deque()
+        self._slots: dict[tuple[Any, ...], list[Any]] = {}  # see _Raw; ZAP thread only
+        self._slots_renewed = time.monotonic()
         self._wake = threading.Event()
         self._idle = False
         self._dropped = 0
@@ -911,7 +1011,12 @@ class EventHub:
         cert: Cert | None = None,
         frames: list[bytes] | None = None,
     ) -> None:
-        """Hand over one decision (ZAP thread): a tuple and a deque append."""
+        """Hand over one decision (ZAP thread): a tuple and a deque append.
+
+        Only what the event is made of travels (see ``_Raw``): the request,
+        the reply and their frames are freed here, in the thread that made
+        them, and the PLAIN password never leaves this thread.
+        """
         if (
             not self.want_allowed
             and reply.status_code == b"200"
@@ -922,10 +1027,48 @@ class EventHub:
         if len(queue) >= self._limit:
             self._drop()
             return
-        queue.append((t0, time.perf_counter(), request, reply, cert, frames))
+        if request is not None:
+            shape = (
+                request.mechanism,
+                request.domain,
+                request.address,
+                request.credentials[:1],
+                reply.status_code,
+                reply.status_text,
+            )
+            # One long-lived slot per allowed shape, which the events thread
+            # fills with the event's fields once: only the times are new per
+            # decision, and this shape is freed here, where it was made
+            # (allocator traffic between the two threads costs both).
+            # Refusals, hostile ones above all, seldom repeat: theirs are
+            # used once.
+            slot = None
+            allowed = reply.status_code == b"200"
+            if allowed:
+                slot = self._slots.get(shape)
+            if slot is None:
+                slot = [shape, None, None, None]
+                if allowed:
+                    self._keep(shape, slot)
+            queue.append((t0, time.perf_counter(), slot, cert))
+        else:
+            queue.append(
+                (t0, time.perf_counter(), None, (reply.status_code, reply.status_text, frames))
+            )
         if self._idle:
             self._idle = False
             self._wake.set()
+
+    def _keep(self, shape: tuple[Any, ...], slot: list[Any]) -> None:
+        slots = self._slots
+        if len(slots) < _SLOT_LIMIT:
+            slots[shape] = slot
+        elif time.monotonic() >= self._slots_renewed + _SLOT_RENEWAL:
+            # Full: start again, at most once a minute, so that many distinct
+            # clients churn no memory meanwhile; a shape without a slot is
+            # only slower to build.
+            self._slots = {shape: slot}
+            self._slots_renewed = time.monotonic()
 
     def publish(self, event: Event) -> None:
         """Hand over a ready event (trust changes; any thread)."""
@@ -1038,7 +1181,7 @@ class EventHub:
         queue, wake = self._queue, self._wake
         while True:
             self._idle = True
-            if not queue:
+            if not queue and not self._closed:
                 wake.wait(_IDLE_WAKE)
                 wake.clear()
             self._idle = False
@@ -1062,27 +1205,24 @@ class EventHub:
             if self._closed and not queue:
                 return
             if count > 1:
-                time.sleep(_BATCH_PAUSE)
+                # Posts do not end the pause (only an idle dispatcher is
+                # woken); a flush or close does.
+                wake.wait(_BATCH_PAUSE)
+                wake.clear()
 
     def _dispatch(self, batch: list[Any]) -> None:
         anchor = _Anchor()
-        events: list[Event] = []
         markers: list[threading.Event] = []
-        for item in batch:
-            if type(item) is tuple:
-                events.append(build_decision(item, anchor))
-            elif isinstance(item, threading.Event):
-                markers.append(item)
-            else:
-                events.append(item)
+        audit = self._audit
+        lines: list[bytes] | None = None if audit is None else []
+        events = build_decisions(batch, anchor, markers, lines)
         if events:
             policy = self.policy()
             # The audit trail first: nothing the application plugs into
             # logging (a filter or handler that raises) may cost an audit
             # line, a count or a subscriber's event.
-            audit = self._audit
             if audit is not None:
-                audit.write(events)
+                audit.write(events, lines)
             metrics = self.metrics
             if metrics is not None:
                 domains = frozenset(policy.plain) | frozenset(policy.curve)
