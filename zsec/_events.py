@@ -562,7 +562,15 @@ class AuditLog:
             st = os.stat(self.path)
         except OSError:
             return True
-        return (st.st_dev, st.st_ino) != self._id
+        if (st.st_dev, st.st_ino) != self._id:
+            return True
+        if st.st_size != self._offset:
+            # Truncated in place (logrotate's copytruncate) or written by
+            # someone else: pack from where the file ends now, or lines
+            # would straddle its 4 KiB blocks.
+            self._offset = st.st_size
+            self._torn = st.st_size > 0 and os.pread(self._fd, 1, st.st_size - 1) != b"\n"
+        return False
 
     def write(self, events: Sequence[Event], lines: list[bytes] | None = None) -> None:
         """Append one line per event; I/O errors are counted and logged, never raised.
@@ -581,7 +589,7 @@ class AuditLog:
                 lines = [audit_line(event) for event in events]
             if max(map(len, lines), default=0) > _BLOCK:
                 lines = [
-                    audit_line(_shortened(event)) if len(line) > _BLOCK else line
+                    _fitted(event) if len(line) > _BLOCK else line
                     for line, event in zip(lines, events, strict=True)
                 ]
             out: list[bytes] = []
@@ -693,15 +701,30 @@ def _padding(size: int) -> bytes:
     return b"\n" * size  # only after a file another writer left unaligned
 
 
-def _shortened(event: Event) -> Event:
-    """The event with its text fields cut so that its line fits in one block."""
+def _shortened(event: Event, limit: int = _FIELD_LIMIT) -> Event:
+    """The event with its text fields cut to ``limit`` characters (and "...")."""
 
     def cut(value: Any) -> Any:
-        if isinstance(value, str) and len(value) > _FIELD_LIMIT:
-            return value[:_FIELD_LIMIT] + "..."
+        if isinstance(value, str) and len(value) > limit:
+            return value[:limit] + "..."
         return value
 
     return type(event)(*(cut(v) for v in event))
+
+
+def _fitted(event: Event) -> bytes:
+    """The event's audit line, its text fields cut until it fits in one block.
+
+    200 characters may not do: JSON escapes a character outside the BMP in
+    twelve bytes, and a trust change has three paths and names. At 40 (a
+    Z85 key is kept whole) every line fits; "..." alone is the last resort.
+    ``_pack`` needs every line within one block.
+    """
+    for limit in (_FIELD_LIMIT, 40, 0):
+        line = audit_line(_shortened(event, limit))
+        if len(line) <= _BLOCK:
+            break
+    return line
 
 
 def read_audit(lines: Iterable[bytes | str]) -> Iterator[dict[str, Any]]:
