@@ -376,3 +376,28 @@ def test_events_stay_exact_beyond_the_kept_shapes_and_refusals_keep_none(
     # Three allowed shapes kept; no refused one.
     assert len(auth._events._slots) == 3
     assert all(shape[4] == b"200" for shape in auth._events._slots)
+
+
+def test_a_batch_reads_the_shared_second_stamp_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zsec import _events
+    from zsec._events import _Anchor, audit_line, build_decisions
+
+    now = int(time.time())
+
+    class Shared(tuple):  # type: ignore[type-arg]
+        """The module's (second, stamp) cache, replaced by another hub's thread mid-read."""
+
+        def __getitem__(self, index: Any) -> Any:
+            value = tuple.__getitem__(self, index)
+            if index == 0:  # the other events thread moves to the next second now
+                _events._second_bytes(now + 1)
+            return value
+
+    real = _events._second_bytes(now)
+    monkeypatch.setattr(_events, "_SECOND_BYTES", Shared(real))
+    slot = [(b"NULL", b"global", b"127.0.0.1", (), b"200", b"OK"), None, None, None]
+    anchor = _Anchor()
+    anchor.wall, anchor.perf = now + 0.5, 100.0
+    lines: list[bytes] = []
+    (event,) = build_decisions([(100.0, 100.00001, slot, None)], anchor, [], lines)
+    assert lines == [audit_line(event)]

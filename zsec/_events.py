@@ -323,7 +323,9 @@ def build_decisions(
     offset = anchor.wall - anchor.perf
     out: list[Event] = []
     append = out.append
-    line, whole, stamp = _DECISION_LINE, _SECOND_BYTES[0], _SECOND_BYTES[1]
+    line = _DECISION_LINE
+    # One read: another hub's events thread may replace it between two.
+    whole, stamp = _SECOND_BYTES
     for raw in batch:
         if type(raw) is not tuple:
             if isinstance(raw, threading.Event):
