@@ -401,3 +401,24 @@ def test_a_batch_reads_the_shared_second_stamp_once(monkeypatch: pytest.MonkeyPa
     lines: list[bytes] = []
     (event,) = build_decisions([(100.0, 100.00001, slot, None)], anchor, [], lines)
     assert lines == [audit_line(event)]
+
+
+def test_a_provider_admitted_key_names_no_certificate_of_another_domain(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    alice = zsec.Cert()
+    auth.configure_curve("stored", _cert_dir(tmp_path, alice=alice))
+    auth.configure_curve_callback("asked", lambda domain, key: True)
+    decisions = _recorded(
+        auth,
+        ctx,
+        req(b"CURVE", alice.public_key, domain=b"stored"),
+        req(b"CURVE", alice.public_key, domain=b"asked"),
+        req(b"CURVE", alice.public_key, domain=b"stored"),
+    )
+    # The provider answers later: its decision may come last.
+    assert sorted((d.domain, d.verdict, d.cert_name or "") for d in decisions) == [
+        ("asked", "allowed", ""),  # the provider admitted it, not alice's certificate
+        ("stored", "allowed", "alice"),
+        ("stored", "allowed", "alice"),
+    ]

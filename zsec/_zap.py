@@ -581,6 +581,9 @@ class Policy:
             if verdict is None or verdict[0] is not source:
                 return Pending(request, source)
             if verdict[1] == b"200":
+                # No certificate admitted it: the event must not name one
+                # another domain's store left here (handle reads this cache).
+                self._curve_cache.pop(key, None)
                 user_id = self._user_id(key, None)
                 return ZapReply(request.request_id, b"200", _OK, user_id)
             if verdict[1] == b"400":
