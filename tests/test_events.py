@@ -422,3 +422,39 @@ def test_a_provider_admitted_key_names_no_certificate_of_another_domain(
         ("stored", "allowed", "alice"),
         ("stored", "allowed", "alice"),
     ]
+
+
+class _ExitingFilter(logging.Filter):
+    """An application's log filter that calls sys.exit() (a bug, on zsec's events thread)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raise SystemExit(1)
+
+
+def test_a_log_filter_or_subscriber_that_exits_stops_no_event(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    def exiting(event: Any) -> None:
+        raise SystemExit(1)
+
+    auth.audit_log(tmp_path / "audit.jsonl")
+    auth.subscribe(exiting)
+    recorder = Recorder()
+    logger = logging.getLogger("zsec.auth")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # refusals are logged at INFO
+    broken = _ExitingFilter()
+    logger.addFilter(broken)
+    try:
+        zap_ask(ctx, req(b"PLAIN", b"bob", b"Wr0ng-Value"))
+        assert auth.flush_events(2)
+    finally:
+        logger.removeFilter(broken)
+        logger.setLevel(level)
+    auth.subscribe(recorder)
+    zap_ask(ctx, req(b"NULL"))
+    assert auth.flush_events(2)  # the dispatcher is alive
+    wait_for(lambda: len(recorder.decisions()) == 1, what="a later decision")
+    assert auth._events.audit_lines() == 2
+    threads = [s.thread for s in auth._events._subscriptions]
+    assert all(thread.is_alive() for thread in threads)  # the exiting one too

@@ -635,7 +635,10 @@ class AuditLog:
         now = time.monotonic()
         if now >= self._next_error_report:
             self._next_error_report = now + DROP_REPORT_SECONDS
-            log.error("cannot write audit log %s: %s", self.path, exc)
+            # An application's log filter may raise: the batch's counts,
+            # subscribers and flush markers must not go with it.
+            with contextlib.suppress(BaseException):
+                log.error("cannot write audit log %s: %s", self.path, exc)
 
     def close(self) -> None:
         """Close the file; later writes are ignored. Idempotent."""
@@ -972,12 +975,12 @@ class _Subscription:
                 for event in batch:
                     try:
                         callback(event)
-                    except Exception:  # a subscriber's bug is its own
+                    except BaseException:  # a subscriber's bug is its own, sys.exit() too
                         failures += 1
                         now = time.monotonic()
                         if now >= self._next_report:
                             self._next_report = now + DROP_REPORT_SECONDS
-                            with contextlib.suppress(Exception):
+                            with contextlib.suppress(BaseException):
                                 log.exception(
                                     "event subscriber %r raised (%d time(s) so far); "
                                     "it stays subscribed",
@@ -1215,8 +1218,8 @@ class EventHub:
                 batch = [queue.popleft() for _ in range(count)]
                 try:
                     self._dispatch(batch)
-                except Exception:  # the dispatcher must go on
-                    with contextlib.suppress(Exception):
+                except BaseException:  # the dispatcher must go on, whatever app code raised
+                    with contextlib.suppress(BaseException):
                         log.exception("event dispatch failed; %d event(s) lost", count)
             self._report_drops()
             self.refresh()
@@ -1225,7 +1228,7 @@ class EventHub:
                 # No file event says "the directory itself is gone": look.
                 self._next_store_check = now + STORE_CHECK_SECONDS
                 for _, listener in list(self._watched.values()):
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(BaseException):
                         listener.check()
             if self._closed and not queue:
                 return
@@ -1265,7 +1268,7 @@ class EventHub:
                     for event in events:
                         if type(event) is not Decision or event.status != 200:
                             log_event(event, verbose)
-            except Exception:  # noqa: BLE001, S110 - an application's filter raised
+            except BaseException:  # noqa: BLE001, S110 - an application's filter raised
                 # The broken logger cannot report its own failure; the rest of
                 # the batch's log lines are lost, nothing else is.
                 pass
@@ -1280,7 +1283,7 @@ class EventHub:
         if now < self._next_drop_report:
             return
         self._next_drop_report = now + DROP_REPORT_SECONDS
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(BaseException):
             log.warning(
                 "%d event(s) dropped since the last report (%d in all): an event queue was "
                 "full; a subscriber or the audit log is too slow",
