@@ -458,3 +458,17 @@ def test_a_log_filter_or_subscriber_that_exits_stops_no_event(
     assert auth._events.audit_lines() == 2
     threads = [s.thread for s in auth._events._subscriptions]
     assert all(thread.is_alive() for thread in threads)  # the exiting one too
+
+
+def test_events_flushed_after_stop_are_flushed_at_once(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    recorder = Recorder()
+    auth = zsec.Auth(ctx)
+    auth.subscribe(recorder)
+    auth.audit_log(tmp_path / "audit.jsonl")
+    zap_ask(ctx, req(b"NULL"))
+    auth.stop()  # delivers what is queued
+    assert auth.flush_events(1)  # nothing is left: not a wait for the timeout, nor False
+    assert (tmp_path / "audit.jsonl").read_bytes().count(b'"event":"decision"') == 1
+    wait_for(lambda: len(recorder.decisions()) == 1, what="the decision")

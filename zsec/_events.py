@@ -1052,7 +1052,7 @@ class EventHub:
         ):
             return  # nothing would record it
         queue = self._queue
-        if len(queue) >= self._limit:
+        if len(queue) >= self._limit or self._closed:
             self._drop()
             return
         if request is not None:
@@ -1173,6 +1173,10 @@ class EventHub:
         """
         if threading.current_thread() is self._thread:
             return True
+        if self._closed and not self._thread.is_alive():
+            # The dispatcher handed on everything it had before it ended;
+            # a marker queued now would only be waited out to the timeout.
+            return not self._queue
         done = threading.Event()
         self._queue.append(done)
         self._idle = False
