@@ -472,3 +472,22 @@ def test_events_flushed_after_stop_are_flushed_at_once(
     assert auth.flush_events(1)  # nothing is left: not a wait for the timeout, nor False
     assert (tmp_path / "audit.jsonl").read_bytes().count(b'"event":"decision"') == 1
     wait_for(lambda: len(recorder.decisions()) == 1, what="the decision")
+
+
+def test_a_provider_decision_counts_the_provider_time_in_its_latency(
+    ctx: zmq.Context[Any], auth: zsec.Auth
+) -> None:
+    called: list[float] = []
+
+    def slow(domain: str, key: bytes) -> bool:
+        called.append(time.time())
+        time.sleep(0.05)  # the provider's own work (a lookup elsewhere), not a wait for zsec
+        return True
+
+    auth.configure_curve_callback("global", slow)
+    (decision,) = _recorded(auth, ctx, req(b"CURVE", bytes(32)))
+    assert decision.verdict == "allowed"
+    # From receiving the request to having the reply: the provider's 50 ms included,
+    # and the decision is dated when the request came, before the provider was asked.
+    assert decision.latency >= 0.05
+    assert decision.time <= called[0] + 0.001
