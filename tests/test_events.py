@@ -491,3 +491,36 @@ def test_a_provider_decision_counts_the_provider_time_in_its_latency(
     # and the decision is dated when the request came, before the provider was asked.
     assert decision.latency >= 0.05
     assert decision.time <= called[0] + 0.001
+
+
+def test_a_decision_cut_short_by_stop_is_an_event(ctx: zmq.Context[Any], tmp_path: Path) -> None:
+    asked = threading.Event()
+    release = threading.Event()
+
+    def undecided(domain: str, key: bytes) -> bool:
+        asked.set()
+        release.wait(10)
+        return True
+
+    recorder = Recorder()
+    auth = zsec.Auth(ctx)
+    auth.subscribe(recorder)
+    auth.configure_curve_callback("global", undecided, timeout=30)
+    replies: list[list[bytes]] = []
+    client = threading.Thread(target=lambda: replies.extend(zap_ask(ctx, req(b"CURVE", bytes(32)))))
+    client.start()
+    try:
+        assert asked.wait(10)
+        auth.stop()
+    finally:
+        release.set()
+        client.join(10)
+    assert [r[2:4] for r in replies] == [[b"500", b"authenticator stopping"]]
+    wait_for(lambda: recorder.decisions(), what="the decision event")
+    (decision,) = recorder.decisions()
+    assert (decision.mechanism, decision.domain, decision.verdict, decision.reason_code) == (
+        "CURVE",
+        "global",
+        "error",
+        "stopping",
+    )

@@ -45,6 +45,7 @@ from ._zap import (
     CurveCallback,
     Pending,
     Policy,
+    ZapReply,
     _AllowAny,
     check_domain,
     error_reply,
@@ -340,6 +341,10 @@ class Auth:
             if reply is not None:
                 with contextlib.suppress(zmq.ZMQError):
                     self._socket.send_multipart(reply, zmq.NOBLOCK)
+                emit = self._policy.emit
+                if emit is not None:  # a decision too: the audit trail records it
+                    with contextlib.suppress(Exception):
+                        emit(entry.t0, None, ZapReply(*reply[-5:]), None, entry.frames)
         self._jobs.clear()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
