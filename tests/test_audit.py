@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 import zsec
@@ -384,3 +385,15 @@ def test_a_log_truncated_in_place_keeps_every_line_within_one_block(tmp_path: Pa
     audit.close()
     _blocks_respected(path)
     assert [r["username"] for r in read_audit(_lines(path))] == [f"user{i}" for i in range(30, 130)]
+
+
+def test_a_pipe_as_audit_log_is_a_clear_error_and_leaks_no_descriptor(
+    auth: zsec.Auth, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo, 0o600)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(zsec.AuthError, match="regular file"):
+        auth.audit_log(fifo)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert auth._events.audit is None  # nothing half set up

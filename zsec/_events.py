@@ -539,15 +539,21 @@ class AuditLog:
             fd = os.open(self.path, _AUDIT_FLAGS, 0o600)
         except OSError as exc:
             raise AuthError(f"cannot open audit log {self.path}: {exc.strerror}") from None
-        st = os.fstat(fd)
-        if st.st_size:
-            # A line torn by something worse than a crash (power loss): end
-            # it, so the next line parses.
-            with contextlib.suppress(OSError):
-                if os.pread(fd, 1, st.st_size - 1) != b"\n":
-                    os.write(fd, b"\n")
-        # Where the next line starts: O_APPEND leaves the offset at the end.
-        self._offset = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            st = os.fstat(fd)
+            if st.st_size:
+                # A line torn by something worse than a crash (power loss): end
+                # it, so the next line parses.
+                with contextlib.suppress(OSError):
+                    if os.pread(fd, 1, st.st_size - 1) != b"\n":
+                        os.write(fd, b"\n")
+            # Where the next line starts: O_APPEND leaves the offset at the end.
+            self._offset = os.lseek(fd, 0, os.SEEK_END)
+        except OSError as exc:  # a pipe or socket cannot seek
+            os.close(fd)
+            raise AuthError(
+                f"cannot use {self.path} as an audit log ({exc.strerror}): give a regular file"
+            ) from None
         self._torn = False
         old, self._fd, self._id = self._fd, fd, (st.st_dev, st.st_ino)
         if old >= 0:
