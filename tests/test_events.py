@@ -524,3 +524,27 @@ def test_a_decision_cut_short_by_stop_is_an_event(ctx: zmq.Context[Any], tmp_pat
         "error",
         "stopping",
     )
+
+
+def test_a_stopped_authenticator_is_not_kept_alive_by_the_callers_store(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    import gc
+    import weakref
+
+    alice = zsec.Cert()
+    store = zsec.CertStore(_cert_dir(tmp_path, alice=alice))
+    try:
+        auth = zsec.Auth(ctx)
+        auth.configure_curve("global", store)
+        recorder = Recorder()
+        auth.subscribe(recorder)
+        auth.stop()
+        gone = weakref.ref(auth)
+        del auth
+        gc.collect()
+        assert gone() is None
+        store.insert(zsec.Cert())  # a change after the stop reaches no one
+        assert recorder.trust() == []
+    finally:
+        store.close()

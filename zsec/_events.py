@@ -1202,6 +1202,13 @@ class EventHub:
             subscription._wake.set()
         if self._audit is not None:
             self._audit.close()
+        # A store the caller passed in outlives this hub: its listener would
+        # keep the hub (and the authenticator) alive, publishing to no one.
+        with self._lock:
+            watched, self._watched = self._watched, {}
+        for unsubscribe, _ in watched.values():
+            with contextlib.suppress(Exception):
+                unsubscribe()
 
     def refresh(self) -> None:
         """Recompute whether allowed decisions are needed by anything."""
