@@ -548,3 +548,29 @@ def test_a_stopped_authenticator_is_not_kept_alive_by_the_callers_store(
         assert recorder.trust() == []
     finally:
         store.close()
+
+
+def test_a_kept_shape_names_the_certificate_as_it_is_after_a_store_change(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    alice = zsec.Cert()
+    certs = _cert_dir(tmp_path, alice=alice)
+    auth.configure_curve("global", certs)
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    zap_ask(ctx, req(b"CURVE", alice.public_key), req(b"CURVE", alice.public_key))
+    renamed = zsec.Cert.from_keys(alice.public_key)
+    renamed.set_meta("name", "alice renamed")
+    renamed.save_public(certs / "alice.key")
+    wait_for(lambda: any(t.action == "key-updated" for t in recorder.trust()), what="key-updated")
+    zap_ask(ctx, req(b"CURVE", alice.public_key))
+    (certs / "alice.key").unlink()
+    wait_for(lambda: any(t.action == "key-revoked" for t in recorder.trust()), what="key-revoked")
+    zap_ask(ctx, req(b"CURVE", alice.public_key))
+    wait_for(lambda: len(recorder.decisions()) == 4, what="four decisions")
+    assert [(d.verdict, d.cert_name) for d in recorder.decisions()] == [
+        ("allowed", "alice"),
+        ("allowed", "alice"),
+        ("allowed", "alice renamed"),
+        ("refused", None),
+    ]
