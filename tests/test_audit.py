@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 import zsec
@@ -334,3 +335,65 @@ def test_the_audit_trail_of_a_traffic_burst_is_exactly_what_subscribers_get(
     assert records == [json.loads(json.dumps(e.to_dict())) for e in seen]
     assert {r["cert_name"] for r in records} == {None, 'n\u00e4med "client"'}
     assert "Wr0ng-Value" not in path.read_text()
+
+
+def _blocks_respected(path: Path) -> None:
+    offset = 0
+    for line in _lines(path):
+        assert len(line) <= 4096
+        assert offset // 4096 == (offset + len(line) - 1) // 4096, offset
+        offset += len(line)
+
+
+def test_a_certificate_with_long_non_ascii_names_is_audited_and_the_log_goes_on(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    # Each field cut to 200 characters is still too long for one block
+    # when the characters are escaped in JSON (\ud83d\udd11, twelve bytes):
+    # the store's directory, the certificate's file and its name.
+    store = tmp_path
+    for mark in ("\U0001f511", "\U0001f512", "\U0001f513"):
+        store = store / (mark * 60)
+        store.mkdir(mode=0o700)
+    path = tmp_path / "audit.jsonl"
+    auth.audit_log(path)
+    auth.configure_curve("global", store)
+    alice = zsec.Cert()
+    alice.set_meta("name", "\U0001f464" * 300)
+    alice.save_public(store / "alice.key")
+    wait_for(lambda: b'"key-added"' in path.read_bytes(), what="key-added in the audit log")
+    zap_ask(ctx, req(b"CURVE", alice.public_key))
+    assert auth.flush_events(10)
+    _blocks_respected(path)
+    records = list(read_audit(_lines(path)))
+    (added,) = [r for r in records if r.get("action") == "key-added"]
+    assert added["key"] == alice.public_txt
+    assert added["cert_name"].startswith("\U0001f464") and added["cert_name"].endswith("...")
+    assert [(r["key"], r["verdict"]) for r in records if r["event"] == "decision"] == [
+        (alice.public_txt, "allowed")
+    ]
+
+
+def test_a_log_truncated_in_place_keeps_every_line_within_one_block(tmp_path: Path) -> None:
+    # logrotate's copytruncate: the same file, cut to nothing under the writer.
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    audit.write([_decision(i) for i in range(30)])
+    assert path.stat().st_size % 4096 > 0
+    os.truncate(path, 0)
+    audit.write([_decision(i) for i in range(30, 130)])
+    audit.close()
+    _blocks_respected(path)
+    assert [r["username"] for r in read_audit(_lines(path))] == [f"user{i}" for i in range(30, 130)]
+
+
+def test_a_pipe_as_audit_log_is_a_clear_error_and_leaks_no_descriptor(
+    auth: zsec.Auth, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo, 0o600)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(zsec.AuthError, match="regular file"):
+        auth.audit_log(fifo)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert auth._events.audit is None  # nothing half set up

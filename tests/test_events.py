@@ -376,3 +376,201 @@ def test_events_stay_exact_beyond_the_kept_shapes_and_refusals_keep_none(
     # Three allowed shapes kept; no refused one.
     assert len(auth._events._slots) == 3
     assert all(shape[4] == b"200" for shape in auth._events._slots)
+
+
+def test_a_batch_reads_the_shared_second_stamp_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zsec import _events
+    from zsec._events import _Anchor, audit_line, build_decisions
+
+    now = int(time.time())
+
+    class Shared(tuple):  # type: ignore[type-arg]
+        """The module's (second, stamp) cache, replaced by another hub's thread mid-read."""
+
+        def __getitem__(self, index: Any) -> Any:
+            value = tuple.__getitem__(self, index)
+            if index == 0:  # the other events thread moves to the next second now
+                _events._second_bytes(now + 1)
+            return value
+
+    real = _events._second_bytes(now)
+    monkeypatch.setattr(_events, "_SECOND_BYTES", Shared(real))
+    slot = [(b"NULL", b"global", b"127.0.0.1", (), b"200", b"OK"), None, None, None]
+    anchor = _Anchor()
+    anchor.wall, anchor.perf = now + 0.5, 100.0
+    lines: list[bytes] = []
+    (event,) = build_decisions([(100.0, 100.00001, slot, None)], anchor, [], lines)
+    assert lines == [audit_line(event)]
+
+
+def test_a_provider_admitted_key_names_no_certificate_of_another_domain(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    alice = zsec.Cert()
+    auth.configure_curve("stored", _cert_dir(tmp_path, alice=alice))
+    auth.configure_curve_callback("asked", lambda domain, key: True)
+    decisions = _recorded(
+        auth,
+        ctx,
+        req(b"CURVE", alice.public_key, domain=b"stored"),
+        req(b"CURVE", alice.public_key, domain=b"asked"),
+        req(b"CURVE", alice.public_key, domain=b"stored"),
+    )
+    # The provider answers later: its decision may come last.
+    assert sorted((d.domain, d.verdict, d.cert_name or "") for d in decisions) == [
+        ("asked", "allowed", ""),  # the provider admitted it, not alice's certificate
+        ("stored", "allowed", "alice"),
+        ("stored", "allowed", "alice"),
+    ]
+
+
+class _ExitingFilter(logging.Filter):
+    """An application's log filter that calls sys.exit() (a bug, on zsec's events thread)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raise SystemExit(1)
+
+
+def test_a_log_filter_or_subscriber_that_exits_stops_no_event(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    def exiting(event: Any) -> None:
+        raise SystemExit(1)
+
+    auth.audit_log(tmp_path / "audit.jsonl")
+    auth.subscribe(exiting)
+    recorder = Recorder()
+    logger = logging.getLogger("zsec.auth")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # refusals are logged at INFO
+    broken = _ExitingFilter()
+    logger.addFilter(broken)
+    try:
+        zap_ask(ctx, req(b"PLAIN", b"bob", b"Wr0ng-Value"))
+        assert auth.flush_events(2)
+    finally:
+        logger.removeFilter(broken)
+        logger.setLevel(level)
+    auth.subscribe(recorder)
+    zap_ask(ctx, req(b"NULL"))
+    assert auth.flush_events(2)  # the dispatcher is alive
+    wait_for(lambda: len(recorder.decisions()) == 1, what="a later decision")
+    assert auth._events.audit_lines() == 2
+    threads = [s.thread for s in auth._events._subscriptions]
+    assert all(thread.is_alive() for thread in threads)  # the exiting one too
+
+
+def test_events_flushed_after_stop_are_flushed_at_once(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    recorder = Recorder()
+    auth = zsec.Auth(ctx)
+    auth.subscribe(recorder)
+    auth.audit_log(tmp_path / "audit.jsonl")
+    zap_ask(ctx, req(b"NULL"))
+    auth.stop()  # delivers what is queued
+    assert auth.flush_events(1)  # nothing is left: not a wait for the timeout, nor False
+    assert (tmp_path / "audit.jsonl").read_bytes().count(b'"event":"decision"') == 1
+    wait_for(lambda: len(recorder.decisions()) == 1, what="the decision")
+
+
+def test_a_provider_decision_counts_the_provider_time_in_its_latency(
+    ctx: zmq.Context[Any], auth: zsec.Auth
+) -> None:
+    called: list[float] = []
+
+    def slow(domain: str, key: bytes) -> bool:
+        called.append(time.time())
+        time.sleep(0.05)  # the provider's own work (a lookup elsewhere), not a wait for zsec
+        return True
+
+    auth.configure_curve_callback("global", slow)
+    (decision,) = _recorded(auth, ctx, req(b"CURVE", bytes(32)))
+    assert decision.verdict == "allowed"
+    # From receiving the request to having the reply: the provider's 50 ms included,
+    # and the decision is dated when the request came, before the provider was asked.
+    assert decision.latency >= 0.05
+    assert decision.time <= called[0] + 0.001
+
+
+def test_a_decision_cut_short_by_stop_is_an_event(ctx: zmq.Context[Any], tmp_path: Path) -> None:
+    asked = threading.Event()
+    release = threading.Event()
+
+    def undecided(domain: str, key: bytes) -> bool:
+        asked.set()
+        release.wait(10)
+        return True
+
+    recorder = Recorder()
+    auth = zsec.Auth(ctx)
+    auth.subscribe(recorder)
+    auth.configure_curve_callback("global", undecided, timeout=30)
+    replies: list[list[bytes]] = []
+    client = threading.Thread(target=lambda: replies.extend(zap_ask(ctx, req(b"CURVE", bytes(32)))))
+    client.start()
+    try:
+        assert asked.wait(10)
+        auth.stop()
+    finally:
+        release.set()
+        client.join(10)
+    assert [r[2:4] for r in replies] == [[b"500", b"authenticator stopping"]]
+    wait_for(lambda: recorder.decisions(), what="the decision event")
+    (decision,) = recorder.decisions()
+    assert (decision.mechanism, decision.domain, decision.verdict, decision.reason_code) == (
+        "CURVE",
+        "global",
+        "error",
+        "stopping",
+    )
+
+
+def test_a_stopped_authenticator_is_not_kept_alive_by_the_callers_store(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    import gc
+    import weakref
+
+    alice = zsec.Cert()
+    store = zsec.CertStore(_cert_dir(tmp_path, alice=alice))
+    try:
+        auth = zsec.Auth(ctx)
+        auth.configure_curve("global", store)
+        recorder = Recorder()
+        auth.subscribe(recorder)
+        auth.stop()
+        gone = weakref.ref(auth)
+        del auth
+        gc.collect()
+        assert gone() is None
+        store.insert(zsec.Cert())  # a change after the stop reaches no one
+        assert recorder.trust() == []
+    finally:
+        store.close()
+
+
+def test_a_kept_shape_names_the_certificate_as_it_is_after_a_store_change(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path
+) -> None:
+    alice = zsec.Cert()
+    certs = _cert_dir(tmp_path, alice=alice)
+    auth.configure_curve("global", certs)
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    zap_ask(ctx, req(b"CURVE", alice.public_key), req(b"CURVE", alice.public_key))
+    renamed = zsec.Cert.from_keys(alice.public_key)
+    renamed.set_meta("name", "alice renamed")
+    renamed.save_public(certs / "alice.key")
+    wait_for(lambda: any(t.action == "key-updated" for t in recorder.trust()), what="key-updated")
+    zap_ask(ctx, req(b"CURVE", alice.public_key))
+    (certs / "alice.key").unlink()
+    wait_for(lambda: any(t.action == "key-revoked" for t in recorder.trust()), what="key-revoked")
+    zap_ask(ctx, req(b"CURVE", alice.public_key))
+    wait_for(lambda: len(recorder.decisions()) == 4, what="four decisions")
+    assert [(d.verdict, d.cert_name) for d in recorder.decisions()] == [
+        ("allowed", "alice"),
+        ("allowed", "alice"),
+        ("allowed", "alice renamed"),
+        ("refused", None),
+    ]

@@ -45,6 +45,7 @@ from ._zap import (
     CurveCallback,
     Pending,
     Policy,
+    ZapReply,
     _AllowAny,
     check_domain,
     error_reply,
@@ -215,7 +216,13 @@ class Auth:
 
     # -- CURVE providers: run off the pump, answered by the pump ---------------
 
-    def _defer(self, frames: list[bytes], pending: Pending, deadline: float | None = None) -> None:
+    def _defer(
+        self,
+        frames: list[bytes],
+        pending: Pending,
+        deadline: float | None = None,
+        t0: float | None = None,
+    ) -> None:
         """Start a provider decision for a request; its reply is sent in ``_finish``.
 
         ``deadline`` is the first one of a request asked again because its
@@ -223,16 +230,18 @@ class Auth:
         even if every answer comes from a provider replaced meanwhile.
         """
         callback = pending.callback
+        if t0 is None:  # when the request came, for its event's time and latency
+            t0 = time.perf_counter()
         runner = self._runners.get(callback)
         if deadline is not None and time.monotonic() >= deadline:
             if runner is not None:
                 runner.report("replaced", "was replaced during each decision until its timeout")
-            self._answer(frames, callback, b"500")
+            self._answer(frames, callback, b"500", t0=t0)
             return
         if runner is None or runner.inflight >= callback.max_outstanding:
             if runner is not None:
                 runner.report("overloaded", f"has {runner.inflight} decisions outstanding")
-            self._answer(frames, callback, b"500")
+            self._answer(frames, callback, b"500", t0=t0)
             return
         job = next(self._job_ids).to_bytes(8, "big")
         request = pending.request
@@ -244,12 +253,12 @@ class Auth:
             )
         except BaseException as exc:  # noqa: BLE001 - e.g. its event loop is closed
             runner.report(f"start:{type(exc).__name__}", f"could not start: {exc!r}")
-            self._answer(frames, callback, b"500")
+            self._answer(frames, callback, b"500", t0=t0)
             return
         runner.inflight += 1
         if deadline is None:
             deadline = time.monotonic() + callback.timeout
-        self._jobs[job] = _Job(frames, runner, deadline, future)
+        self._jobs[job] = _Job(frames, runner, deadline, future, t0)
         if deadline < self._next_deadline:
             self._next_deadline = deadline
         if self._socket.rcvtimeo != _PENDING_MS:
@@ -282,7 +291,8 @@ class Auth:
         entry = self._jobs.pop(job, None)
         if entry is None:
             return  # already answered 500 when it timed out
-        self._answer(entry.frames, runner.callback, runner.verdict(kind, value), entry.deadline)
+        verdict = runner.verdict(kind, value)
+        self._answer(entry.frames, runner.callback, verdict, entry.deadline, entry.t0)
         if not self._jobs:
             self._idle()
 
@@ -295,7 +305,7 @@ class Auth:
                 entry.future.cancel()
             callback = entry.runner.callback
             entry.runner.report("timeout", f"gave no answer within {callback.timeout:g}s")
-            self._answer(entry.frames, callback, b"500")
+            self._answer(entry.frames, callback, b"500", t0=entry.t0)
         if self._jobs:
             self._next_deadline = min(entry.deadline for entry in self._jobs.values())
         else:
@@ -311,15 +321,16 @@ class Auth:
         callback: CurveCallback,
         status: bytes,
         deadline: float | None = None,
+        t0: float | None = None,
     ) -> None:
         """Send the reply for a provider's verdict, through the policy in force now."""
-        reply = self._policy.handle(frames, (callback, status))
+        reply = self._policy.handle(frames, (callback, status), t0)
         if type(reply) is list:
             self._socket.send_multipart(reply)
         elif reply is not None:
             # The domain got another provider meanwhile: ask that one, within
             # the time left to this request.
-            self._defer(frames, reply, deadline)  # type: ignore[arg-type]
+            self._defer(frames, reply, deadline, t0)  # type: ignore[arg-type]
 
     def _abandon_jobs(self) -> None:
         """Answer every outstanding provider decision with a 500: the authenticator stops."""
@@ -330,6 +341,10 @@ class Auth:
             if reply is not None:
                 with contextlib.suppress(zmq.ZMQError):
                     self._socket.send_multipart(reply, zmq.NOBLOCK)
+                emit = self._policy.emit
+                if emit is not None:  # a decision too: the audit trail records it
+                    with contextlib.suppress(Exception):
+                        emit(entry.t0, None, ZapReply(*reply[-5:]), None, entry.frames)
         self._jobs.clear()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
@@ -852,13 +867,16 @@ def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
 class _Job:
     """One provider decision in progress (the pump's bookkeeping)."""
 
-    __slots__ = ("deadline", "frames", "future", "runner")
+    __slots__ = ("deadline", "frames", "future", "runner", "t0")
 
-    def __init__(self, frames: list[bytes], runner: _Runner, deadline: float, future: Any) -> None:
+    def __init__(
+        self, frames: list[bytes], runner: _Runner, deadline: float, future: Any, t0: float
+    ) -> None:
         self.frames = frames
         self.runner = runner
         self.deadline = deadline
         self.future = future
+        self.t0 = t0
 
 
 class _Runner:

@@ -323,7 +323,9 @@ def build_decisions(
     offset = anchor.wall - anchor.perf
     out: list[Event] = []
     append = out.append
-    line, whole, stamp = _DECISION_LINE, _SECOND_BYTES[0], _SECOND_BYTES[1]
+    line = _DECISION_LINE
+    # One read: another hub's events thread may replace it between two.
+    whole, stamp = _SECOND_BYTES
     for raw in batch:
         if type(raw) is not tuple:
             if isinstance(raw, threading.Event):
@@ -537,15 +539,21 @@ class AuditLog:
             fd = os.open(self.path, _AUDIT_FLAGS, 0o600)
         except OSError as exc:
             raise AuthError(f"cannot open audit log {self.path}: {exc.strerror}") from None
-        st = os.fstat(fd)
-        if st.st_size:
-            # A line torn by something worse than a crash (power loss): end
-            # it, so the next line parses.
-            with contextlib.suppress(OSError):
-                if os.pread(fd, 1, st.st_size - 1) != b"\n":
-                    os.write(fd, b"\n")
-        # Where the next line starts: O_APPEND leaves the offset at the end.
-        self._offset = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            st = os.fstat(fd)
+            if st.st_size:
+                # A line torn by something worse than a crash (power loss): end
+                # it, so the next line parses.
+                with contextlib.suppress(OSError):
+                    if os.pread(fd, 1, st.st_size - 1) != b"\n":
+                        os.write(fd, b"\n")
+            # Where the next line starts: O_APPEND leaves the offset at the end.
+            self._offset = os.lseek(fd, 0, os.SEEK_END)
+        except OSError as exc:  # a pipe or socket cannot seek
+            os.close(fd)
+            raise AuthError(
+                f"cannot use {self.path} as an audit log ({exc.strerror}): give a regular file"
+            ) from None
         self._torn = False
         old, self._fd, self._id = self._fd, fd, (st.st_dev, st.st_ino)
         if old >= 0:
@@ -562,7 +570,15 @@ class AuditLog:
             st = os.stat(self.path)
         except OSError:
             return True
-        return (st.st_dev, st.st_ino) != self._id
+        if (st.st_dev, st.st_ino) != self._id:
+            return True
+        if st.st_size != self._offset:
+            # Truncated in place (logrotate's copytruncate) or written by
+            # someone else: pack from where the file ends now, or lines
+            # would straddle its 4 KiB blocks.
+            self._offset = st.st_size
+            self._torn = st.st_size > 0 and os.pread(self._fd, 1, st.st_size - 1) != b"\n"
+        return False
 
     def write(self, events: Sequence[Event], lines: list[bytes] | None = None) -> None:
         """Append one line per event; I/O errors are counted and logged, never raised.
@@ -581,7 +597,7 @@ class AuditLog:
                 lines = [audit_line(event) for event in events]
             if max(map(len, lines), default=0) > _BLOCK:
                 lines = [
-                    audit_line(_shortened(event)) if len(line) > _BLOCK else line
+                    _fitted(event) if len(line) > _BLOCK else line
                     for line, event in zip(lines, events, strict=True)
                 ]
             out: list[bytes] = []
@@ -625,7 +641,10 @@ class AuditLog:
         now = time.monotonic()
         if now >= self._next_error_report:
             self._next_error_report = now + DROP_REPORT_SECONDS
-            log.error("cannot write audit log %s: %s", self.path, exc)
+            # An application's log filter may raise: the batch's counts,
+            # subscribers and flush markers must not go with it.
+            with contextlib.suppress(BaseException):
+                log.error("cannot write audit log %s: %s", self.path, exc)
 
     def close(self) -> None:
         """Close the file; later writes are ignored. Idempotent."""
@@ -693,15 +712,30 @@ def _padding(size: int) -> bytes:
     return b"\n" * size  # only after a file another writer left unaligned
 
 
-def _shortened(event: Event) -> Event:
-    """The event with its text fields cut so that its line fits in one block."""
+def _shortened(event: Event, limit: int = _FIELD_LIMIT) -> Event:
+    """The event with its text fields cut to ``limit`` characters (and "...")."""
 
     def cut(value: Any) -> Any:
-        if isinstance(value, str) and len(value) > _FIELD_LIMIT:
-            return value[:_FIELD_LIMIT] + "..."
+        if isinstance(value, str) and len(value) > limit:
+            return value[:limit] + "..."
         return value
 
     return type(event)(*(cut(v) for v in event))
+
+
+def _fitted(event: Event) -> bytes:
+    """The event's audit line, its text fields cut until it fits in one block.
+
+    200 characters may not do: JSON escapes a character outside the BMP in
+    twelve bytes, and a trust change has three paths and names. At 40 (a
+    Z85 key is kept whole) every line fits; "..." alone is the last resort.
+    ``_pack`` needs every line within one block.
+    """
+    for limit in (_FIELD_LIMIT, 40, 0):
+        line = audit_line(_shortened(event, limit))
+        if len(line) <= _BLOCK:
+            break
+    return line
 
 
 def read_audit(lines: Iterable[bytes | str]) -> Iterator[dict[str, Any]]:
@@ -947,12 +981,12 @@ class _Subscription:
                 for event in batch:
                     try:
                         callback(event)
-                    except Exception:  # a subscriber's bug is its own
+                    except BaseException:  # a subscriber's bug is its own, sys.exit() too
                         failures += 1
                         now = time.monotonic()
                         if now >= self._next_report:
                             self._next_report = now + DROP_REPORT_SECONDS
-                            with contextlib.suppress(Exception):
+                            with contextlib.suppress(BaseException):
                                 log.exception(
                                     "event subscriber %r raised (%d time(s) so far); "
                                     "it stays subscribed",
@@ -1024,7 +1058,7 @@ class EventHub:
         ):
             return  # nothing would record it
         queue = self._queue
-        if len(queue) >= self._limit:
+        if len(queue) >= self._limit or self._closed:
             self._drop()
             return
         if request is not None:
@@ -1145,6 +1179,10 @@ class EventHub:
         """
         if threading.current_thread() is self._thread:
             return True
+        if self._closed and not self._thread.is_alive():
+            # The dispatcher handed on everything it had before it ended;
+            # a marker queued now would only be waited out to the timeout.
+            return not self._queue
         done = threading.Event()
         self._queue.append(done)
         self._idle = False
@@ -1164,6 +1202,13 @@ class EventHub:
             subscription._wake.set()
         if self._audit is not None:
             self._audit.close()
+        # A store the caller passed in outlives this hub: its listener would
+        # keep the hub (and the authenticator) alive, publishing to no one.
+        with self._lock:
+            watched, self._watched = self._watched, {}
+        for unsubscribe, _ in watched.values():
+            with contextlib.suppress(Exception):
+                unsubscribe()
 
     def refresh(self) -> None:
         """Recompute whether allowed decisions are needed by anything."""
@@ -1190,8 +1235,8 @@ class EventHub:
                 batch = [queue.popleft() for _ in range(count)]
                 try:
                     self._dispatch(batch)
-                except Exception:  # the dispatcher must go on
-                    with contextlib.suppress(Exception):
+                except BaseException:  # the dispatcher must go on, whatever app code raised
+                    with contextlib.suppress(BaseException):
                         log.exception("event dispatch failed; %d event(s) lost", count)
             self._report_drops()
             self.refresh()
@@ -1200,7 +1245,7 @@ class EventHub:
                 # No file event says "the directory itself is gone": look.
                 self._next_store_check = now + STORE_CHECK_SECONDS
                 for _, listener in list(self._watched.values()):
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(BaseException):
                         listener.check()
             if self._closed and not queue:
                 return
@@ -1240,7 +1285,7 @@ class EventHub:
                     for event in events:
                         if type(event) is not Decision or event.status != 200:
                             log_event(event, verbose)
-            except Exception:  # noqa: BLE001, S110 - an application's filter raised
+            except BaseException:  # noqa: BLE001, S110 - an application's filter raised
                 # The broken logger cannot report its own failure; the rest of
                 # the batch's log lines are lost, nothing else is.
                 pass
@@ -1255,7 +1300,7 @@ class EventHub:
         if now < self._next_drop_report:
             return
         self._next_drop_report = now + DROP_REPORT_SECONDS
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(BaseException):
             log.warning(
                 "%d event(s) dropped since the last report (%d in all): an event queue was "
                 "full; a subscriber or the audit log is too slow",

@@ -581,6 +581,9 @@ class Policy:
             if verdict is None or verdict[0] is not source:
                 return Pending(request, source)
             if verdict[1] == b"200":
+                # No certificate admitted it: the event must not name one
+                # another domain's store left here (handle reads this cache).
+                self._curve_cache.pop(key, None)
                 user_id = self._user_id(key, None)
                 return ZapReply(request.request_id, b"200", _OK, user_id)
             if verdict[1] == b"400":
@@ -672,18 +675,23 @@ class Policy:
     # -- the authenticator's entry point --------------------------------------
 
     def handle(
-        self, frames: list[bytes], verdict: tuple[CurveCallback, bytes] | None = None
+        self,
+        frames: list[bytes],
+        verdict: tuple[CurveCallback, bytes] | None = None,
+        t0: float | None = None,
     ) -> list[bytes] | Pending | None:
         """Answer one ROUTER message: ``[routing-id..., b"", request frames...]``.
 
         Returns the reply frames to send (the same envelope, then the
         reply), None to drop a message that has no envelope, or a
         ``Pending`` when a CURVE provider must decide first (pass its
-        ``verdict`` with the same frames to get the reply). Never raises: a
-        malformed request gets a 400 and an internal failure a 500.
+        ``verdict`` with the same frames to get the reply, and ``t0``, the
+        ``perf_counter`` time the request came, for its event). Never raises:
+        a malformed request gets a 400 and an internal failure a 500.
         """
         emit = self.emit
-        t0 = time.perf_counter() if emit is not None else 0.0
+        if t0 is None:
+            t0 = time.perf_counter() if emit is not None else 0.0
         start = envelope_end(frames)
         if start is None:
             log.warning("dropped a message without a ZAP envelope (%d frames)", len(frames))
