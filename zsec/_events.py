@@ -946,7 +946,11 @@ class _Subscription:
         self.callback = callback
         self.limit = limit
         self.queue: collections.deque[list[Event]] = collections.deque()
-        self.pending = 0
+        # Events queued (written by the dispatcher only) and delivered
+        # (written by this subscriber's thread only): one shared counter
+        # changed by both with += and -= could lose an update.
+        self.queued = 0
+        self.delivered = 0
         self.dropped = 0
         self._next_report = 0.0
         self._wake = threading.Event()
@@ -956,7 +960,7 @@ class _Subscription:
 
     def offer(self, batch: list[Event]) -> int:
         """Queue what fits of ``batch``; return how many events were dropped."""
-        room = self.limit - self.pending
+        room = self.limit - (self.queued - self.delivered)
         if room <= 0:
             self.dropped += len(batch)
             return len(batch)
@@ -965,7 +969,7 @@ class _Subscription:
             dropped = len(batch) - room
             batch = batch[:room]
             self.dropped += dropped
-        self.pending += len(batch)
+        self.queued += len(batch)
         self.queue.append(batch)
         self._wake.set()
         return dropped
@@ -993,7 +997,7 @@ class _Subscription:
                                     self.callback,
                                     failures,
                                 )
-                self.pending -= len(batch)
+                self.delivered += len(batch)
             if self.closed and not queue:
                 return
 
