@@ -574,3 +574,50 @@ def test_a_kept_shape_names_the_certificate_as_it_is_after_a_store_change(
         ("allowed", "alice renamed"),
         ("refused", None),
     ]
+
+
+def test_requests_refused_while_stopping_are_decision_events(
+    ctx: zmq.Context[Any], auth: zsec.Auth
+) -> None:
+    # A sender keeps requests coming while stop() runs: those the stopping
+    # authenticator refuses (500, "authenticator stopping") are decisions
+    # too, and the audit trail must hold them.
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    stopping: list[list[bytes]] = []
+    done = threading.Event()
+
+    def sender() -> None:
+        with socket(ctx, zmq.DEALER, timeout_ms=200) as dealer:
+            dealer.connect("inproc://zeromq.zap.01")
+            sent = 0
+            while True:
+                if not done.is_set():
+                    try:
+                        frames = req(b"NULL", request_id=str(sent).encode())
+                        dealer.send_multipart([b"", *frames], zmq.NOBLOCK)
+                        sent += 1
+                    except zmq.Again:
+                        pass  # no peer any more: only replies are awaited
+                try:
+                    # Once stopping, wait for what is still owed (timeout 200 ms).
+                    reply = dealer.recv_multipart(0 if done.is_set() else zmq.NOBLOCK)
+                except zmq.Again:
+                    if done.is_set():
+                        return  # the rest went to an unbound endpoint: never answered
+                    continue
+                if reply[4] == b"authenticator stopping":
+                    stopping.append(reply)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    wait_for(lambda: len(recorder.decisions()) >= 50, what="traffic under way")
+    auth.stop()
+    # A flood of requests must not keep the stopping pump draining forever.
+    assert not auth._thread.is_alive(), "the authenticator thread is still draining"
+    done.set()
+    thread.join(10)
+    assert stopping, "no request reached the stopping authenticator; the test proved nothing"
+    refused = [d for d in recorder.decisions() if d.reason == "authenticator stopping"]
+    assert len(refused) == len(stopping)
+    assert all((d.status, d.verdict) == (500, "error") for d in refused)

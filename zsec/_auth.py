@@ -166,7 +166,7 @@ class Auth:
                         frames.append(recv(socket))
                     if len(frames) == 3 and frames[2] == token:
                         self._abandon_jobs()
-                        self._drain(socket)
+                        self._drain(socket, self._refuse)
                         return
                     if len(frames) == 4 and frames[2] == result_token:
                         self._finish(frames[3])
@@ -337,15 +337,31 @@ class Auth:
         for entry in self._jobs.values():
             if entry.future is not None:
                 entry.future.cancel()
-            reply = error_reply(entry.frames, b"500", b"authenticator stopping")
-            if reply is not None:
-                with contextlib.suppress(zmq.ZMQError):
-                    self._socket.send_multipart(reply, zmq.NOBLOCK)
-                emit = self._policy.emit
-                if emit is not None:  # a decision too: the audit trail records it
-                    with contextlib.suppress(Exception):
-                        emit(entry.t0, None, ZapReply(*reply[-5:]), None, entry.frames)
+            self._refuse(self._socket, entry.frames, b"authenticator stopping", entry.t0)
         self._jobs.clear()
+
+    def _refuse(
+        self, socket: zmq.Socket[bytes], frames: list[bytes], text: bytes, t0: float | None = None
+    ) -> None:
+        """Answer a request 500 outside the policy (stopping, a fault), and record that decision.
+
+        Never raises: it runs where the pump is stopping or recovering.
+        """
+        with contextlib.suppress(Exception):
+            reply = error_reply(frames, b"500", text)
+            if reply is None:
+                return
+            with contextlib.suppress(zmq.ZMQError):
+                socket.send_multipart(reply, zmq.NOBLOCK)
+            emit = self._policy.emit
+            if emit is not None:  # a decision too: the audit trail records it
+                emit(
+                    time.perf_counter() if t0 is None else t0,
+                    None,
+                    ZapReply(*reply[-5:]),
+                    None,
+                    frames,
+                )
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         """The loop coroutine providers without one of their own run on (started on first use)."""
@@ -361,7 +377,10 @@ class Auth:
             return self._loop
 
     @staticmethod
-    def _drain(socket: zmq.Socket[bytes]) -> None:
+    def _drain(
+        socket: zmq.Socket[bytes],
+        refuse: Callable[[zmq.Socket[bytes], list[bytes], bytes], None],
+    ) -> None:
         """Stop taking requests, and refuse those already queued.
 
         Unanswered, their clients would wait out the 30 s handshake timeout.
@@ -385,10 +404,9 @@ class Auth:
                 if quiet:
                     return
                 continue
-            reply = error_reply(frames, b"500", b"authenticator stopping")
-            if reply is not None:
-                with contextlib.suppress(zmq.ZMQError):
-                    socket.send_multipart(reply, zmq.NOBLOCK)
+            refuse(socket, frames, b"authenticator stopping")
+            if time.monotonic() >= deadline:
+                return  # bounded even if requests never stop coming
 
     def _survive(self, failures: int, frames: list[bytes]) -> int:
         # Policy.handle never raises, so this is a socket error or worse.
@@ -398,10 +416,8 @@ class Auth:
         # Nothing in here may raise: not even logging (a filter could).
         with contextlib.suppress(Exception):
             log.exception("authenticator: unexpected error, continuing")
-        with contextlib.suppress(Exception):
-            reply = error_reply(frames, b"500", b"internal error") if frames else None
-            if reply is not None:
-                self._socket.send_multipart(reply)
+        if frames:
+            self._refuse(self._socket, frames, b"internal error")
         time.sleep(min(0.001 * 2**failures, 1.0))
         return min(failures + 1, 10)
 
