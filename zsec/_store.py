@@ -341,10 +341,7 @@ def _trusted_entries(entries: Mapping[str, Cert]) -> dict[str, Cert]:
         )
     clean: dict[str, Cert] = {}
     for name, cert in entries.items():
-        if type(name) is not str or not name:
-            _entry_name(name)
         if not isinstance(cert, Cert):
             raise ZsecTypeError(f"trust entry {name!r} must be a Cert, not {type(cert).__name__}")
-        # A read-only public certificate (all a directory gives) is kept as it is.
-        clean[name] = cert if cert._frozen and cert._secret is None else cert._trusted_copy()
+        clean[_entry_name(name)] = cert._trusted_copy()
     return clean
