@@ -166,7 +166,7 @@ class Auth:
                         frames.append(recv(socket))
                     if len(frames) == 3 and frames[2] == token:
                         self._abandon_jobs()
-                        self._drain(socket, self._refuse)
+                        self._drain(socket)
                         return
                     if len(frames) == 4 and frames[2] == result_token:
                         self._finish(frames[3])
@@ -376,11 +376,7 @@ class Auth:
                 self._loop, self._loop_thread = loop, thread
             return self._loop
 
-    @staticmethod
-    def _drain(
-        socket: zmq.Socket[bytes],
-        refuse: Callable[[zmq.Socket[bytes], list[bytes], bytes], None],
-    ) -> None:
+    def _drain(self, socket: zmq.Socket[bytes]) -> None:
         """Stop taking requests, and refuse those already queued.
 
         Unanswered, their clients would wait out the 30 s handshake timeout.
@@ -404,7 +400,7 @@ class Auth:
                 if quiet:
                     return
                 continue
-            refuse(socket, frames, b"authenticator stopping")
+            self._refuse(socket, frames, b"authenticator stopping")
             if time.monotonic() >= deadline:
                 return  # bounded even if requests never stop coming
 
