@@ -244,11 +244,12 @@ def test_refusals_are_logged_at_info_and_allowed_at_debug_by_default(
 ) -> None:
     caplog.set_level(logging.INFO, logger="zsec.auth")
     auth.deny("192.0.2.66")
-    zap_ask(ctx, req(b"NULL"), req(b"NULL", address=b"192.0.2.66"))
+    zap_ask(ctx, req(b"NULL"), req(b"NULL", address=b"192.0.2.66"), req(b"CURVE", b"short-key"))
     assert auth.flush_events()
     records = [r for r in caplog.records if r.name == "zsec.auth"]
     assert [r.getMessage() for r in records] == [
-        "DENIED (deny list) domain=global address=192.0.2.66: address is in the deny list"
+        "DENIED (deny list) domain=global address=192.0.2.66: address is in the deny list",
+        "DENIED (CURVE) domain=global address=127.0.0.1: CURVE key must be 32 bytes, got 9",
     ]
     record = records[0]
     assert record.levelno == logging.INFO

@@ -308,12 +308,18 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
 
 
 def build_decisions(
-    batch: Iterable[Any], anchor: _Anchor, markers: list[Any], lines: list[bytes] | None = None
+    batch: Iterable[Any],
+    anchor: _Anchor,
+    markers: list[Any],
+    lines: list[bytes] | None = None,
+    notable: list[Event] | None = None,
 ) -> list[Event]:
     """The events of a dispatcher batch, in order: raw decisions built, ready events as they are.
 
     Anything else in the batch (a flush marker) goes to ``markers``. With
-    ``lines``, each event's ``audit_line`` is appended to it too. The
+    ``lines``, each event's ``audit_line`` is appended to it too; with
+    ``notable``, every event that is not an allowed decision (what is
+    logged by default), so that logging need not look at the rest. The
     decisions are the same as ``build_decision`` makes: the fields that do
     not vary per request, and their JSON, are made once per slot (see
     ``_Raw``), so only the time and the latency are new. A certificate whose
@@ -334,6 +340,8 @@ def build_decisions(
             append(raw)
             if lines is not None:
                 lines.append(audit_line(raw))
+            if notable is not None and (type(raw) is not Decision or raw.status != 200):
+                notable.append(raw)
             continue
         t0, t1, slot, cert = raw
         if slot is None:
@@ -341,21 +349,49 @@ def build_decisions(
             append(event)
             if lines is not None:
                 lines.append(audit_line(event))
+            if notable is not None and event.status != 200:
+                notable.append(event)
             continue
         fields = slot[2]
+        refused = False
         if fields is None or slot[1] is not cert:
+            # A refusal's slot is used once, so every refusal comes here.
             fields = build_decision(raw, anchor)[1:11]
             slot[1:] = cert, fields, None
+            refused = fields[7] != 200
         when = offset + t0
         latency = t1 - t0
-        append(_new_decision(Decision, (when, *fields, latency)))
+        # Unpacked into one tuple display: a starred one builds a list first.
+        mechanism, domain, address, username, key, name, verdict, status, reason, code = fields
+        event = _new_decision(
+            Decision,
+            (
+                when,
+                mechanism,
+                domain,
+                address,
+                username,
+                key,
+                name,
+                verdict,
+                status,
+                reason,
+                code,
+                latency,
+            ),
+        )
+        append(event)
+        if refused and notable is not None:
+            notable.append(event)
         if lines is not None:
-            if not 0.0 <= when - whole < 1.0:
+            since = when - whole
+            if not 0.0 <= since < 1.0:
                 whole, stamp = _second_bytes(int(when))
+                since = when - whole
             middle = slot[3]
             if middle is None:  # made when first needed: most traffic may not be audited
                 middle = slot[3] = _middle(fields)
-            lines.append(line % (stamp, (when - whole) * 1e6, middle, latency))
+            lines.append(line % (stamp, since * 1e6, middle, latency))
     return out
 
 
@@ -1264,7 +1300,8 @@ class EventHub:
         markers: list[threading.Event] = []
         audit = self._audit
         lines: list[bytes] | None = None if audit is None else []
-        events = build_decisions(batch, anchor, markers, lines)
+        notable: list[Event] = []
+        events = build_decisions(batch, anchor, markers, lines, notable)
         if events:
             policy = self.policy()
             # The audit trail first: nothing the application plugs into
@@ -1286,9 +1323,8 @@ class EventHub:
                     for event in events:
                         log_event(event, verbose)
                 else:
-                    for event in events:
-                        if type(event) is not Decision or event.status != 200:
-                            log_event(event, verbose)
+                    for event in notable:
+                        log_event(event, verbose)
             except BaseException:  # noqa: BLE001, S110 - an application's filter raised
                 # The broken logger cannot report its own failure; the rest of
                 # the batch's log lines are lost, nothing else is.
