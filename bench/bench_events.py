@@ -1,12 +1,9 @@
 """ZAP throughput with events consumed (subscriber + audit log + metrics) vs none, same run.
 
-Run: .venv/bin/python bench/bench_events.py [--burst N] [--runs N] [--mechanisms NULL,CURVE]
+Run: .venv/bin/python bench/bench_events.py [--burst N] [--rounds N] [--mechanisms NULL,CURVE]
      [--configs off,on,no-hub,subscriber,audit,metrics] [--audit-dir DIR]
 
-The harness of bench_zap.py: a separate process sends a burst of ZAP requests
-over ipc into pyzmq's C proxy, which forwards them to the authenticator; the
-rate is timed over the second half of the replies. Configurations, interleaved
-in each run:
+One long-lived authenticator per configuration, each on its own context:
 
 - ``off``: a default ``zsec.Auth`` (decisions still go to the event hub, which
   only logs refusals; none here);
@@ -16,11 +13,20 @@ in each run:
   itself costs the ZAP thread;
 - ``subscriber``, ``audit``, ``metrics``: one consumer each (``--configs``).
 
-Prints requests/s (median of N runs) and the ratio on/off (target >= 85%),
-then the CPU time per request of the threads that share the GIL (the ZAP
-thread, the events thread and the subscriber's, the events drained): a view
-of the same cost that other load on the machine disturbs less, in all and
-per thread.
+A separate generator process queues a whole burst of ZAP requests on an ipc
+endpoint before the authenticator's proxy (pyzmq's C proxy, no GIL) starts
+forwarding them, then times the second half of the replies: the handler
+always has work waiting, so the rate is its own, not a race with the Python
+sender. After each burst the events are drained (audit, metrics and the
+subscriber's callbacks), so no configuration is charged for another's work.
+
+The machine this runs on is shared: its speed drifts by tens of percent over
+seconds. So the configurations take turns in short bursts, forward then
+backward in each round (off, on, on, off), and each round gives a ratio of
+bursts run side by side. Prints the median of the rounds' ratios on/off
+(target >= 85%) with their spread, then the same for CPU time per request of
+the threads that share the GIL (the ZAP thread, the events thread and the
+subscriber's, events drained), in all and per thread.
 """
 
 from __future__ import annotations
@@ -40,34 +46,87 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_zap import ZapProxy, generator
+from bench_zap import ZapProxy, _requests
 
-BURST = 80_000
+BURST = 20_000
+
+
+def generator(mechanism: str, keys: list[bytes], conn: Any) -> None:
+    """Serve bursts: for each (endpoint, count) received, queue them all, then time the replies.
+
+    Reports "sent" once every request is handed to libzmq (the parent then
+    starts that endpoint's proxy), then (requests/s over the second half
+    of the replies, replies that were not 200).
+    """
+    ctx = zmq.Context()
+    requests = _requests(mechanism, keys)
+    count = len(requests)
+    while True:
+        job = conn.recv()
+        if job is None:
+            break
+        endpoint, burst = job
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.rcvtimeo = 30_000
+        sock.sndhwm = sock.rcvhwm = 0  # no limit: the whole burst waits in the queues
+        sock.connect(endpoint)
+        send, recv = sock.send_multipart, sock.recv_multipart
+        for i in range(burst):
+            send(requests[i % count])
+        conn.send("sent")
+        half = burst // 2
+        refused = 0
+        start = 0.0
+        try:
+            for i in range(burst):
+                reply = recv()
+                if i == half:
+                    start = time.perf_counter()
+                if reply[3] != b"200":
+                    refused += 1
+            rate = (burst - half - 1) / (time.perf_counter() - start)
+        except zmq.Again:
+            rate = float("nan")  # replies were lost: report it rather than hang
+        sock.close()
+        conn.send((rate, refused))
+    ctx.destroy(linger=0)
+
+
+def _drain(batch: list[Any]) -> None:
+    for item in batch:
+        if hasattr(item, "set"):
+            item.set()
 
 
 class Server:
-    """A zsec.Auth on a fresh context behind the ipc -> inproc proxy."""
+    """A long-lived zsec.Auth on its own context, fed a burst at a time by the generator."""
 
     def __init__(self, config: str, mechanism: str, certs: Path, work: Path) -> None:
         import zsec
 
+        self.config = config
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.auth = zsec.Auth(self.ctx)
         if mechanism == "CURVE":
             self.auth.configure_curve("global", certs)
         self.seen = 0
+        self.sent = 0
+        self.audit = work / f"audit-{config}.jsonl"
         if config in ("on", "subscriber"):
             self.auth.subscribe(self._count)
         if config in ("on", "audit"):
-            self.auth.audit_log(work / f"audit-{os.getpid()}.jsonl")
+            self.auth.audit_log(self.audit)
         if config in ("on", "metrics"):
             self.auth.enable_metrics()
+        if config == "drain":  # posts made, events thrown away: the hand-off alone
+            self.auth._events.want_allowed = True
+            self.auth._events.refresh = lambda: None  # type: ignore[method-assign]
+            self.auth._events._dispatch = _drain  # type: ignore[method-assign]
         if config == "no-hub":
             self.auth._policy = self.auth._policy.replace(emit=None)
-        self.zap_proxy = ZapProxy(self.ctx, "events")
-        self.endpoint = self.zap_proxy.endpoint
 
-    def thread_cpu(self) -> tuple[float, float, float]:
+    def thread_cpu(self) -> list[float]:
         """CPU seconds used so far by the ZAP thread, the events thread and subscribers."""
         hub = self.auth._events
         groups = [[self.auth._thread], [hub._thread], [s.thread for s in hub._subscriptions]]
@@ -76,55 +135,58 @@ class Server:
             for thread in threads:
                 if thread.ident is not None and thread.is_alive():
                     totals[i] += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-        return totals[0], totals[1], totals[2]
+        return totals
 
     def _count(self, event: object) -> None:
         self.seen += 1
 
-    def stop(self) -> tuple[int, int]:
-        self.auth.flush_events(30)
-        self.zap_proxy.close()
-        dropped = self.auth.dropped_events
-        self.auth.stop()
-        self.ctx.term()
-        return self.seen, dropped
-
-
-def run_once(
-    config: str, mechanism: str, burst: int, certs: Path, keys: list[bytes], where: str | None
-) -> tuple[float, list[float]]:
-    """(requests/s, CPU microseconds per request of the ZAP, events and subscriber threads)."""
-    work = Path(tempfile.mkdtemp(prefix="zsec-bench-events-", dir=where))
-    server = Server(config, mechanism, certs, work)
-    cpu = server.thread_cpu()
-    try:
-        parent, child = multiprocessing.get_context("spawn").Pipe()
-        proc = multiprocessing.get_context("spawn").Process(
-            target=generator, args=(server.endpoint, mechanism, keys, burst, child)
-        )
-        proc.start()
-        if not parent.poll(600):
-            proc.kill()
-            raise RuntimeError("generator gave no result")
-        rate, refused, total = parent.recv()
-        proc.join(10)
-        server.auth.flush_events(60)  # the events work counts too
+    def burst(self, conn: Any, burst: int) -> tuple[float, list[float]]:
+        """One burst: (requests/s, CPU microseconds per request of the three thread groups)."""
+        before = self.thread_cpu()
+        proxy = ZapProxy(self.ctx, self.config, start=False)
+        try:
+            conn.send((proxy.endpoint, burst))
+            for expected in ("sent", "result"):
+                if not conn.poll(600):
+                    raise RuntimeError(f"the generator did not report {expected!r}")
+                message = conn.recv()
+                if expected == "sent":
+                    proxy.start()
+        finally:
+            proxy.close()
+        rate, refused = message
+        if rate != rate:  # NaN
+            raise RuntimeError(f"{self.config}: replies stopped coming")
+        if refused:
+            print(f"   {self.config}: {refused} refused (should be 0)")
+        self.sent += burst
+        # Drain before the next burst: the events work is this burst's.
+        self.auth.flush_events(60)
         wait = time.monotonic() + 60
-        while server.seen < total and config in ("on", "subscriber") and time.monotonic() < wait:
-            time.sleep(0.01)  # the subscriber's work too
-        cpu = [b - a for a, b in zip(cpu, server.thread_cpu(), strict=True)]
-    finally:
-        seen, dropped = server.stop()
-    if config == "on":
-        lines = next(work.glob("audit-*.jsonl")).read_bytes().count(b"\n")
-        # Every decision reached the subscriber and the audit log, or was counted as dropped.
-        print(
-            f"   on: {total:,} decisions, {seen:,} delivered, {dropped:,} dropped, "
-            f"{lines:,} audit lines (with padding)"
-        )
-    if refused:
-        print(f"   {config}: {refused} refused (should be 0)")
-    return float(rate), [c / total * 1e6 for c in cpu]
+        while self.auth._events._subscriptions and self.seen < self.sent:
+            if time.monotonic() > wait:
+                raise RuntimeError("the subscriber did not catch up")
+            time.sleep(0.005)
+        after = self.thread_cpu()
+        return float(rate), [(b - a) / burst * 1e6 for a, b in zip(before, after, strict=True)]
+
+    def stop(self) -> None:
+        self.auth.flush_events(30)
+        dropped = self.auth.dropped_events
+        if self.config == "on":
+            lines = self.audit.read_bytes().count(b'{"event"')
+            # Every decision reached the subscriber and the audit log, or was counted as dropped.
+            print(
+                f"   on: {self.sent:,} decisions, {self.seen:,} delivered, {dropped:,} dropped, "
+                f"{lines:,} audit lines"
+            )
+        self.auth.stop()
+        self.ctx.destroy(linger=0)
+
+
+def spread(values: list[float]) -> str:
+    """The lowest, median and highest of ``values`` as percentages."""
+    return f"{statistics.median(values):.0%} (rounds {min(values):.0%}-{max(values):.0%})"
 
 
 def main() -> None:
@@ -132,7 +194,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--burst", type=int, default=BURST)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--mechanisms", default="NULL,CURVE")
     parser.add_argument("--configs", default="off,on,no-hub")
     # The kernel's writeback of the audit file is CPU that no thread of ours
@@ -147,26 +209,52 @@ def main() -> None:
     with zsec.CertStore(certs) as store:
         keys = random.Random(2).sample([c.public_key for c in store], 500)
     configs = args.configs.split(",")
-    print(f"{os.cpu_count()} cores; {args.runs} runs x {args.burst:,} requests")
+    print(
+        f"{os.cpu_count()} cores; {args.rounds} rounds of {', '.join(configs)} and back, "
+        f"{args.burst:,} requests per burst"
+    )
     for mechanism in args.mechanisms.split(","):
+        work = Path(tempfile.mkdtemp(prefix="zsec-bench-events-", dir=args.audit_dir))
+        servers = {c: Server(c, mechanism, certs, work) for c in configs}
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        proc = context.Process(target=generator, args=(mechanism, keys, child))
+        proc.start()
         rates: dict[str, list[float]] = {c: [] for c in configs}
         cpus: dict[str, list[list[float]]] = {c: [] for c in configs}
-        for _ in range(args.runs):
-            for config in configs:
-                rate, cpu = run_once(config, mechanism, args.burst, certs, keys, args.audit_dir)
-                rates[config].append(rate)
-                cpus[config].append(cpu)
+        try:
+            servers[configs[0]].burst(parent, args.burst)  # warm up: imports, caches, slots
+            for _ in range(args.rounds):
+                round_rates: dict[str, list[float]] = {c: [] for c in configs}
+                round_cpus: dict[str, list[list[float]]] = {c: [] for c in configs}
+                for config in [*configs, *reversed(configs)]:
+                    rate, cpu = servers[config].burst(parent, args.burst)
+                    round_rates[config].append(rate)
+                    round_cpus[config].append(cpu)
+                for config in configs:
+                    rates[config].append(statistics.fmean(round_rates[config]))
+                    cpus[config].append(
+                        [statistics.fmean(c[i] for c in round_cpus[config]) for i in range(3)]
+                    )
+        finally:
+            parent.send(None)
+            proc.join(10)
+            for server in servers.values():
+                server.stop()
         med = {c: statistics.median(v) for c, v in rates.items()}
-        line = ", ".join(f"{c} {med[c]:,.0f}/s" for c in configs)
-        ratio = f"; on/off {med['on'] / med['off']:.0%}" if "on" in med and "off" in med else ""
-        print(f"{mechanism:5s} achieved: {line}{ratio}")
+        print(f"{mechanism:5s} achieved: " + ", ".join(f"{c} {med[c]:,.0f}/s" for c in configs))
         for config in configs:
-            print(f"{'':7s}{config} runs: {', '.join(f'{v:,.0f}' for v in rates[config])}")
+            print(f"{'':7s}{config} rounds: {', '.join(f'{v:,.0f}' for v in rates[config])}")
+        for config in configs[1:]:
+            ratios = [a / b for a, b in zip(rates[config], rates[configs[0]], strict=True)]
+            print(f"{'':7s}{config}/{configs[0]}: {spread(ratios)}")
         # The same work seen as CPU: less sensitive to other load on the machine.
-        cpu = {c: statistics.median(sum(r) for r in v) for c, v in cpus.items()}
-        line = ", ".join(f"{c} {cpu[c]:.1f} us" for c in configs)
-        ratio = f"; capacity on/off {cpu['off'] / cpu['on']:.0%}" if "on" in cpu else ""
-        print(f"{mechanism:5s} CPU per request (ZAP + events threads): {line}{ratio}")
+        totals = {c: [sum(r) for r in v] for c, v in cpus.items()}
+        line = ", ".join(f"{c} {statistics.median(totals[c]):.1f} us" for c in configs)
+        print(f"{mechanism:5s} CPU per request (ZAP + events + subscriber threads): {line}")
+        for config in configs[1:]:
+            ratios = [b / a for a, b in zip(totals[config], totals[configs[0]], strict=True)]
+            print(f"{'':7s}capacity {config}/{configs[0]}: {spread(ratios)}")
         for config in configs:
             zap, events, subscriber = (
                 statistics.median(r[i] for r in cpus[config]) for i in range(3)

@@ -17,6 +17,7 @@ interleaved), the handler thread's requests per CPU-second, and the ratios.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import random
@@ -81,6 +82,7 @@ def generator(endpoint: str, mechanism: str, keys: list[bytes], burst: int, out:
 
 
 _STOP = b"stop-echo-loop"
+_PROXIES = itertools.count()
 
 
 def _echo(ctx: zmq.Context[zmq.Socket[bytes]], ready: threading.Event) -> None:
@@ -113,9 +115,10 @@ class ZapProxy:
     ``close()`` stops the proxy and closes its sockets.
     """
 
-    def __init__(self, ctx: zmq.Context[Any], name: str) -> None:
+    def __init__(self, ctx: zmq.Context[Any], name: str, start: bool = True) -> None:
         self.ctx = ctx
-        tag = f"{name}-{os.getpid()}-{id(self)}"
+        # Never reused: an old listener's ipc file may be unlinked after a new bind.
+        tag = f"{name}-{os.getpid()}-{next(_PROXIES)}"
         self.endpoint = f"ipc://{tempfile.gettempdir()}/zsec-bench-{tag}.ipc"
         self.front = ctx.socket(zmq.ROUTER)
         self.back = ctx.socket(zmq.DEALER)
@@ -128,6 +131,11 @@ class ZapProxy:
         self.control = ctx.socket(zmq.PAIR)
         self.control.bind(self._control_address)
         self.thread = threading.Thread(target=self._run, daemon=True)
+        if start:
+            self.thread.start()
+
+    def start(self) -> None:
+        """Start forwarding (for a proxy made with ``start=False``)."""
         self.thread.start()
 
     def _run(self) -> None:
