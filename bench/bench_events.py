@@ -11,6 +11,8 @@ One long-lived authenticator per configuration, each on its own context:
   local disk and Prometheus metrics, all consuming every decision;
 - ``no-hub``: the policy's emitter removed, for reference: what the hand-off
   itself costs the ZAP thread;
+- ``drain``: every decision posted, and the events thread throws the batches
+  away: the hand-off between the threads alone;
 - ``subscriber``, ``audit``, ``metrics``: one consumer each (``--configs``).
 
 A separate generator process queues a whole burst of ZAP requests on an ipc
