@@ -622,3 +622,45 @@ def test_requests_refused_while_stopping_are_decision_events(
     refused = [d for d in recorder.decisions() if d.reason == "authenticator stopping"]
     assert len(refused) == len(stopping)
     assert all((d.status, d.verdict) == (500, "error") for d in refused)
+
+
+def test_a_batch_names_as_notable_exactly_the_events_that_are_not_allowed_decisions() -> None:
+    from zsec._events import _Anchor, build_decision, build_decisions
+
+    key = zsec.Cert().public_key
+    old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
+    new.set_meta("name", "renamed")
+    kept = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None]
+    # A slot whose status code is not the bytes b"200" is never kept by post(),
+    # but one that reads as 200 is an allowed decision all the same.
+    odd = [(b"NULL", b"global", b"127.0.0.1", (), b"0200", b"OK"), None, None, None]
+    refused = [(b"NULL", b"global", b"192.0.2.1", (), b"400", b"address is in the deny list")]
+    refused += [None, None, None]
+    malformed = (b"500", b"internal error", [b"id", b"", b"1.0", b"1", b"global"])
+    anchor = _Anchor()
+    published_allowed = build_decision((100.0, 100.1, kept, old), anchor)
+    published_refused = build_decision((100.0, 100.1, refused, None), anchor)
+    batch = [
+        (100.0, 100.1, kept, old),
+        zsec.TrustChange(1.0, "key-added"),
+        (100.2, 100.3, kept, old),
+        (100.4, 100.5, refused, None),
+        (100.6, 100.7, kept, new),  # the certificate changed: the slot is filled again
+        (100.8, 100.9, None, malformed),
+        published_allowed,
+        published_refused,
+        (101.0, 101.1, odd, None),
+        # The same refused slot again, in the same batch and the next: a
+        # caller that reuses one (a test, a future post()) must not lose a line.
+        (101.2, 101.3, refused, None),
+    ]
+    notable: list[Any] = []
+    events = build_decisions(batch, anchor, [], None, notable)
+    expected = [e for e in events if type(e) is not zsec.Decision or e.status != 200]
+    assert [e.status if isinstance(e, zsec.Decision) else e.action for e in expected] == [
+        "key-added", 400, 500, 400, 400,
+    ]  # fmt: skip
+    assert notable == expected
+    later: list[Any] = []
+    assert build_decisions([(102.0, 102.1, refused, None)], anchor, [], None, later)
+    assert [e.status for e in later] == [400]
