@@ -353,12 +353,9 @@ def build_decisions(
                 notable.append(event)
             continue
         fields = slot[2]
-        refused = False
         if fields is None or slot[1] is not cert:
-            # A refusal's slot is used once, so every refusal comes here.
             fields = build_decision(raw, anchor)[1:11]
             slot[1:] = cert, fields, None
-            refused = fields[7] != 200
         when = offset + t0
         latency = t1 - t0
         # Unpacked into one tuple display: a starred one builds a list first.
@@ -381,7 +378,10 @@ def build_decisions(
             ),
         )
         append(event)
-        if refused and notable is not None:
+        # From the event itself, not from whether its slot was filled just
+        # now: that a refusal's slot is used once is post()'s habit, not a
+        # rule of this function.
+        if status != 200 and notable is not None:
             notable.append(event)
         if lines is not None:
             since = when - whole
