@@ -664,3 +664,30 @@ def test_a_batch_names_as_notable_exactly_the_events_that_are_not_allowed_decisi
     later: list[Any] = []
     assert build_decisions([(102.0, 102.1, refused, None)], anchor, [], None, later)
     assert [e.status for e in later] == [400]
+
+
+def test_every_refusal_is_logged_once_in_order_among_kept_allowed_shapes(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="zsec")
+    recorder = Recorder()
+    auth.subscribe(recorder)  # allowed decisions are posted and their shapes kept
+    auth.audit_log(tmp_path / "audit.jsonl")
+    auth.deny("192.0.2.66")
+    allowed, denied = req(b"NULL"), req(b"NULL", address=b"192.0.2.66")
+    malformed = req(b"CURVE", b"short-key")
+    requests = [allowed, denied, allowed, denied, malformed, allowed, malformed, denied, allowed]
+    zap_ask(ctx, *requests)
+    wait_for(lambda: len(recorder.decisions()) == len(requests), what="decision events")
+    assert auth.flush_events()
+    messages = [r.getMessage() for r in caplog.records if r.name == "zsec.auth"]
+    expected = [d for d in recorder.decisions() if d.status != 200]
+    assert [d.reason_code for d in expected] == [
+        "denied", "denied", "malformed", "malformed", "denied",
+    ]  # fmt: skip
+    assert len(messages) == len(expected)
+    assert [m.split(")", 1)[0] for m in messages] == [
+        "DENIED (deny list", "DENIED (deny list", "DENIED (CURVE", "DENIED (CURVE",
+        "DENIED (deny list",
+    ]  # fmt: skip
+    assert not [m for m in messages if m.startswith("ALLOWED")]
