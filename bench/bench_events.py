@@ -1,9 +1,10 @@
 """ZAP throughput with events consumed (subscriber + audit log + metrics) vs none, same run.
 
 Run: .venv/bin/python bench/bench_events.py [--burst N] [--rounds N] [--mechanisms NULL,CURVE]
-     [--configs off,on,no-hub,subscriber,audit,metrics] [--audit-dir DIR]
+     [--configs off,on,no-hub,drain,subscriber,audit,metrics] [--keys N] [--audit-dir DIR]
 
-One long-lived authenticator per configuration, each on its own context:
+One authenticator per configuration, each on its own context, made afresh
+each round:
 
 - ``off``: a default ``zsec.Auth`` (decisions still go to the event hub, which
   only logs refusals; none here);
@@ -13,14 +14,17 @@ One long-lived authenticator per configuration, each on its own context:
   itself costs the ZAP thread;
 - ``drain``: every decision posted, and the events thread throws the batches
   away: the hand-off between the threads alone;
-- ``subscriber``, ``audit``, ``metrics``: one consumer each (``--configs``).
+- ``subscriber``, ``audit``, ``metrics``: one consumer each.
 
-A separate generator process queues a whole burst of ZAP requests on an ipc
-endpoint before the authenticator's proxy (pyzmq's C proxy, no GIL) starts
-forwarding them, then times the second half of the replies: the handler
-always has work waiting, so the rate is its own, not a race with the Python
-sender. After each burst the events are drained (audit, metrics and the
-subscriber's callbacks), so no configuration is charged for another's work.
+A separate generator process queues a whole burst of ZAP requests (NULL, or
+CURVE with ``--keys`` distinct keys) on an ipc endpoint before the
+authenticator's proxy (pyzmq's C proxy, no GIL) starts forwarding them, and
+collects the replies only after the burst is timed, so no Python of its own
+runs meanwhile. The burst is timed here, from the moment the proxy has passed
+back half of the replies (its statistics, polled) to the moment it has passed
+back all of them and their events are drained (audit, metrics, the
+subscriber's callbacks): the events work is counted, and none is left for
+the next burst.
 
 The machine this runs on is shared: its speed drifts by tens of percent over
 seconds. So the configurations take turns in short bursts, forward then
@@ -28,12 +32,14 @@ backward in each round (off, on, on, off), and each round gives a ratio of
 bursts run side by side. Prints the median of the rounds' ratios on/off
 (target >= 85%) with their spread, then the same for CPU time per request of
 the threads that share the GIL (the ZAP thread, the events thread and the
-subscriber's, events drained), in all and per thread.
+subscriber's): the capacity ratio, which is what a server whose ZAP thread
+has a core to itself would see.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import random
@@ -51,14 +57,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_zap import ZapProxy, _requests
 
 BURST = 20_000
+_SERVERS = itertools.count()
 
 
 def generator(mechanism: str, keys: list[bytes], conn: Any) -> None:
-    """Serve bursts: for each (endpoint, count) received, queue them all, then time the replies.
+    """Serve bursts: for each (endpoint, count) received, queue them all, then collect the replies.
 
     Reports "sent" once every request is handed to libzmq (the parent then
-    starts that endpoint's proxy), then (requests/s over the second half
-    of the replies, replies that were not 200).
+    starts that endpoint's proxy and times the handler), waits for "collect"
+    (the handler is done: this Python thread stays off the CPU meanwhile),
+    then reports how many replies were not 200 (-1: some never came).
     """
     ctx = zmq.Context()
     requests = _requests(mechanism, keys)
@@ -77,21 +85,16 @@ def generator(mechanism: str, keys: list[bytes], conn: Any) -> None:
         for i in range(burst):
             send(requests[i % count])
         conn.send("sent")
-        half = burst // 2
+        conn.recv()
         refused = 0
-        start = 0.0
         try:
-            for i in range(burst):
-                reply = recv()
-                if i == half:
-                    start = time.perf_counter()
-                if reply[3] != b"200":
+            for _ in range(burst):
+                if recv()[3] != b"200":
                     refused += 1
-            rate = (burst - half - 1) / (time.perf_counter() - start)
         except zmq.Again:
-            rate = float("nan")  # replies were lost: report it rather than hang
+            refused = -1
         sock.close()
-        conn.send((rate, refused))
+        conn.send(refused)
     ctx.destroy(linger=0)
 
 
@@ -114,7 +117,7 @@ class Server:
             self.auth.configure_curve("global", certs)
         self.seen = 0
         self.sent = 0
-        self.audit = work / f"audit-{config}.jsonl"
+        self.audit = work / f"audit-{config}-{next(_SERVERS)}.jsonl"
         if config in ("on", "subscriber"):
             self.auth.subscribe(self._count)
         if config in ("on", "audit"):
@@ -143,47 +146,74 @@ class Server:
         self.seen += 1
 
     def burst(self, conn: Any, burst: int) -> tuple[float, list[float]]:
-        """One burst: (requests/s, CPU microseconds per request of the three thread groups)."""
-        before = self.thread_cpu()
+        """One burst: (requests/s, CPU microseconds per request of the three thread groups).
+
+        Timed in this process, from the moment half the replies have left
+        the handler to the moment all have and their events are drained
+        (audit, metrics, subscriber), so the events work is counted.
+        """
         proxy = ZapProxy(self.ctx, self.config, start=False)
         try:
             conn.send((proxy.endpoint, burst))
-            for expected in ("sent", "result"):
-                if not conn.poll(600):
-                    raise RuntimeError(f"the generator did not report {expected!r}")
-                message = conn.recv()
-                if expected == "sent":
-                    proxy.start()
+            _expect(conn, "sent")
+            before = self.thread_cpu()
+            proxy.start()
+            half = burst // 2
+            start = _when(proxy, half * REPLY_PARTS)
+            _when(proxy, burst * REPLY_PARTS)
+            self.drain(burst)
+            end = time.perf_counter()
+            after = self.thread_cpu()
+            conn.send("collect")
+            refused = _expect(conn, "refusals")
         finally:
             proxy.close()
-        rate, refused = message
-        if rate != rate:  # NaN
-            raise RuntimeError(f"{self.config}: replies stopped coming")
         if refused:
-            print(f"   {self.config}: {refused} refused (should be 0)")
+            raise RuntimeError(f"{self.config}: {refused} replies refused or lost (-1: lost)")
+        cpu = [(b - a) / burst * 1e6 for a, b in zip(before, after, strict=True)]
+        return (burst - half) / (end - start), cpu
+
+    def drain(self, burst: int) -> None:
+        """Wait until every event of this burst is audited, counted and delivered."""
         self.sent += burst
-        # Drain before the next burst: the events work is this burst's.
-        self.auth.flush_events(60)
+        if not self.auth.flush_events(60):
+            raise RuntimeError(f"{self.config}: the events thread did not drain in 60 s")
         wait = time.monotonic() + 60
         while self.auth._events._subscriptions and self.seen < self.sent:
             if time.monotonic() > wait:
                 raise RuntimeError("the subscriber did not catch up")
-            time.sleep(0.005)
-        after = self.thread_cpu()
-        return float(rate), [(b - a) / burst * 1e6 for a, b in zip(before, after, strict=True)]
+            time.sleep(0.0005)
 
-    def stop(self) -> None:
+    def stop(self) -> list[int]:
+        """Stop; return [decisions, delivered to the subscriber, dropped, audit lines]."""
         self.auth.flush_events(30)
         dropped = self.auth.dropped_events
-        if self.config == "on":
-            lines = self.audit.read_bytes().count(b'{"event"')
-            # Every decision reached the subscriber and the audit log, or was counted as dropped.
-            print(
-                f"   on: {self.sent:,} decisions, {self.seen:,} delivered, {dropped:,} dropped, "
-                f"{lines:,} audit lines"
-            )
+        lines = self.audit.read_bytes().count(b'{"event"') if self.audit.exists() else 0
         self.auth.stop()
         self.ctx.destroy(linger=0)
+        return [self.sent, self.seen, dropped, lines]
+
+
+# Parts of a ZAP reply as the proxy's backend receives it: the client's
+# routing id, the delimiter, then version, request id, status code, status
+# text, user id and metadata.
+REPLY_PARTS = 8
+
+
+def _expect(conn: Any, what: str) -> Any:
+    if not conn.poll(600):
+        raise RuntimeError(f"the generator did not report {what!r}")
+    return conn.recv()
+
+
+def _when(proxy: ZapProxy, parts: int) -> float:
+    """The time at which ``proxy`` has passed back ``parts`` reply parts (polled each 0.5 ms)."""
+    deadline = time.monotonic() + 600
+    while proxy.replies() < parts:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the handler stopped answering")
+        time.sleep(0.0005)
+    return time.perf_counter()
 
 
 def spread(values: list[float]) -> str:
@@ -199,40 +229,54 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--mechanisms", default="NULL,CURVE")
     parser.add_argument("--configs", default="off,on,no-hub")
+    # More distinct allowed shapes than the hub keeps slots for (512) shows
+    # the slower build of an event without one.
+    parser.add_argument("--keys", type=int, default=500, help="distinct CURVE keys (default 500)")
     # The kernel's writeback of the audit file is CPU that no thread of ours
     # is charged for: /dev/shm (tmpfs) shows the cost without it.
     parser.add_argument(
         "--audit-dir", default=None, help="where the audit log goes (default: /tmp)"
     )
     args = parser.parse_args()
-    certs = cert_dir(1000)
+    certs = cert_dir(max(1000, args.keys))
     import zsec
 
     with zsec.CertStore(certs) as store:
-        keys = random.Random(2).sample([c.public_key for c in store], 500)
+        keys = random.Random(2).sample([c.public_key for c in store], args.keys)
     configs = args.configs.split(",")
     print(
         f"{os.cpu_count()} cores; {args.rounds} rounds of {', '.join(configs)} and back, "
-        f"{args.burst:,} requests per burst"
+        f"{args.burst:,} requests per burst, {args.keys} CURVE keys"
     )
     for mechanism in args.mechanisms.split(","):
         work = Path(tempfile.mkdtemp(prefix="zsec-bench-events-", dir=args.audit_dir))
-        servers = {c: Server(c, mechanism, certs, work) for c in configs}
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         proc = context.Process(target=generator, args=(mechanism, keys, child))
         proc.start()
         rates: dict[str, list[float]] = {c: [] for c in configs}
         cpus: dict[str, list[list[float]]] = {c: [] for c in configs}
+        totals = [0, 0, 0, 0]  # the on servers' decisions, delivered, dropped, audit lines
         try:
-            servers[configs[0]].burst(parent, args.burst)  # warm up: imports, caches, slots
             for _ in range(args.rounds):
-                round_rates: dict[str, list[float]] = {c: [] for c in configs}
-                round_cpus: dict[str, list[list[float]]] = {c: [] for c in configs}
-                for config in [*configs, *reversed(configs)]:
-                    rate, cpu = servers[config].burst(parent, args.burst)
-                    round_rates[config].append(rate)
-                    round_cpus[config].append(cpu)
+                # Fresh servers each round: whatever luck a server has (where
+                # its threads run, its memory) is not kept for the whole run.
+                servers = {c: Server(c, mechanism, certs, work) for c in configs}
+                try:
+                    for server in servers.values():
+                        # Warm up: imports, caches, one slot per shape.
+                        server.burst(parent, max(2_000, 2 * args.keys))
+                    round_rates: dict[str, list[float]] = {c: [] for c in configs}
+                    round_cpus: dict[str, list[list[float]]] = {c: [] for c in configs}
+                    for config in [*configs, *reversed(configs)]:
+                        rate, cpu = servers[config].burst(parent, args.burst)
+                        round_rates[config].append(rate)
+                        round_cpus[config].append(cpu)
+                finally:
+                    for server in servers.values():
+                        counts = server.stop()
+                        if server.config == "on":
+                            totals = [a + b for a, b in zip(totals, counts, strict=True)]
                 for config in configs:
                     rates[config].append(statistics.fmean(round_rates[config]))
                     cpus[config].append(
@@ -241,8 +285,13 @@ def main() -> None:
         finally:
             parent.send(None)
             proc.join(10)
-            for server in servers.values():
-                server.stop()
+        if "on" in configs:
+            # Every decision reached the subscriber and the audit log, or was counted as dropped.
+            print(
+                "   on: {:,} decisions, {:,} delivered, {:,} dropped, {:,} audit lines".format(
+                    *totals
+                )
+            )
         med = {c: statistics.median(v) for c, v in rates.items()}
         print(f"{mechanism:5s} achieved: " + ", ".join(f"{c} {med[c]:,.0f}/s" for c in configs))
         for config in configs:

@@ -145,6 +145,15 @@ class ZapProxy:
         for sock in (self.front, self.back, control):
             sock.close(linger=0)
 
+    def replies(self) -> int:
+        """Message parts the proxy has passed from the handler back towards the clients."""
+        self.control.send(b"STATISTICS")
+        if not self.control.poll(10_000):
+            raise RuntimeError("the proxy gave no statistics")
+        # Eight native-endian counters; the fifth is message parts received
+        # from the backend, where the handler's replies come in.
+        return int.from_bytes(self.control.recv_multipart()[4], sys.byteorder)
+
     def close(self) -> None:
         self.control.send(b"TERMINATE")
         self.thread.join(10)
