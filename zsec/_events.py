@@ -84,11 +84,13 @@ def reason_code(reason: str, status: int) -> str:
 # The events thread's caches of derived text: small, since under hostile
 # traffic (random addresses, keys, names) every entry is new.
 _CACHE_LIMIT = 1024
-# Slots kept (see _Raw) per hub: each keeps a request's text fields alive,
-# and their JSON, so fewer than the text caches; more distinct allowed shapes
-# than this only cost each decision the slower build. A full set is dropped
-# for a new one at most once per _SLOT_RENEWAL seconds.
-_SLOT_LIMIT = 512
+# Slots kept (see _Raw) per hub, under 1 KB each (a request's fields, their
+# text and JSON). Only allowed decisions keep one, so these are clients that
+# got in: a server with 1,000 CURVE clients spent 4.0 us per event instead of
+# 2.2 us when this was 512. More distinct allowed shapes than this only cost
+# each decision the slower build. A full set is dropped for a new one at
+# most once per _SLOT_RENEWAL seconds.
+_SLOT_LIMIT = 2048
 _SLOT_RENEWAL = 60.0
 _TEXTS: dict[bytes, str] = {}
 
