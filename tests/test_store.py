@@ -577,6 +577,45 @@ def test_close_stops_the_watcher_threads(store_dir: Path) -> None:
     assert len(store) == 0
 
 
+def test_close_while_the_worker_checks_the_watcher_neither_warns_nor_restarts_it(
+    store_dir: Path,
+    watcher: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The worker looks at its watcher every 0.1 s; close() stops that watcher
+    # from another thread. Hold the worker between taking the watcher and
+    # asking whether it is alive until close() has stopped it: the interleaving
+    # that made closed stores log "stopped unexpectedly" and start a new watcher.
+    _write_public(store_dir / "c.key", _cert())
+    before = {t.ident for t in threading.enumerate()}
+    store = zsec.CertStore(store_dir, polling=watcher)
+    directory = store._directory
+    assert directory is not None and directory._watch is not None
+    watch = directory._watch
+    original = watch.alive
+    held = threading.Event()
+
+    def alive_after_close() -> bool:
+        if threading.current_thread().name.startswith("zsec-certstore") and not held.is_set():
+            held.set()
+            deadline = time.monotonic() + 5
+            while watch.observer is not None and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return original()
+
+    monkeypatch.setattr(watch, "alive", alive_after_close)
+    wait_for(held.is_set, what="the worker checking its watcher")
+    store.close()
+    assert "stopped unexpectedly" not in caplog.text
+    wait_for(
+        lambda: {t.ident for t in threading.enumerate() if t.is_alive()} <= before,
+        timeout=5,
+        what="no watcher thread left after close",
+    )
+    assert directory._watch is None and store.reloads == 1
+
+
 def test_queue_overflow_triggers_a_full_rescan(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

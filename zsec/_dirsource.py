@@ -224,6 +224,8 @@ class DirectorySource(TrustSource):
                 self._resync()
 
     def close(self) -> None:
+        # _closed first: a worker that then finds the watch gone or stopped
+        # knows it was this, not a dead watcher to restart (_check_root).
         self._closed = True
         self._events.put(STOP)
         watch, self._watch = self._watch, None
@@ -333,12 +335,14 @@ class DirectorySource(TrustSource):
         stamp = self._root_stamp() if catch_up else None
         if not self._check_root():
             return  # reloaded (or emptied) as a whole
-        assert self._watch is not None
+        watch = self._watch
+        if watch is None:
+            return  # close() took it since the check: the store is closed
         todo = plan(
             batch,
             self._shown,
             self.root,
-            closes_reported=self._watch.reports_closes,
+            closes_reported=watch.reports_closes,
             dir_changed=self._recheck_dir,
         )
         if todo.rescan_all:
@@ -461,6 +465,11 @@ class DirectorySource(TrustSource):
             return False
         if current == self._root_id and real == self._real:
             if watch is None or not watch.alive():
+                if self._closed:
+                    # close() took the watcher away or stopped it, from another
+                    # thread, after this batch began: nothing to restart. It
+                    # sets _closed first, so this sees any stop it made.
+                    return False
                 log.warning(
                     "watcher for %s stopped unexpectedly; restarting it and rescanning", self.root
                 )
@@ -483,8 +492,7 @@ class DirectorySource(TrustSource):
         else:
             log.warning("certificate directory %s was replaced by another: loading it", self.root)
         self._watch_and_load(real, current, recursive=_may_have_subdirs(st))
-        assert self._watch is not None
-        if not self._watch.recursive and self._read_subdir(real):
+        if self._watch is not None and not self._watch.recursive and self._read_subdir(real):
             # The link count said there is no subdirectory, the listing found
             # one (a file system that does not count them): watch the tree.
             flat = self._watch
@@ -523,6 +531,12 @@ class DirectorySource(TrustSource):
             self._resync(stamp)
             raise
         self._watch = watch
+        if self._closed:
+            # close() ran meanwhile and may have taken only the previous
+            # watch: this one is ours to stop, and a closed store reads nothing.
+            self._watch = None
+            watch.stop(wait=False)
+            return
         self._real, self._root_id = real, current
         self._resync(stamp)
 
