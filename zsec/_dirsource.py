@@ -30,22 +30,11 @@ from typing import NamedTuple
 from . import _trustdir as td
 from ._cert import Cert
 from ._errors import FileAccessError, ZsecValueError
-from ._files import fspath
+from ._files import fspath, printable
 from ._source import TrustFeed, TrustSource
 from ._watch import CATCH_UP, OVERFLOW, STOP, FsEvent, Item, Watch
 
 log = logging.getLogger("zsec.store")
-
-
-def _printable(text: str) -> str:
-    """A file name or a reason for a log line: one line, no terminal escapes.
-
-    Whoever can add a file to a trust directory chooses its name; a newline
-    in it would forge a log line, an escape sequence rewrite a terminal.
-    """
-    if text.isprintable():
-        return text
-    return text.encode("unicode_escape").decode("ascii")
 
 
 # How often an idle worker checks that the name still leads to the same
@@ -478,7 +467,7 @@ class DirectorySource(TrustSource):
             else:
                 log.info(
                     "certificate directory %s has a subdirectory now: watching the whole tree",
-                    _printable(self.root),
+                    printable(self.root),
                 )
         elif self._real is None:
             if self._worker is not None:  # not the first look
@@ -486,8 +475,8 @@ class DirectorySource(TrustSource):
         elif real != self._real:
             log.info(
                 "certificate directory %s now leads to %s: loading it as one change",
-                _printable(self.root),
-                _printable(real),
+                printable(self.root),
+                printable(real),
             )
         else:
             log.warning("certificate directory %s was replaced by another: loading it", self.root)
@@ -619,7 +608,7 @@ class DirectorySource(TrustSource):
         for path in found.entries:
             if path in before and path not in found.problems:
                 before.pop(path, None)
-                log.info("certificate %s is valid again", _printable(path))
+                log.info("certificate %s is valid again", printable(path))
         for path, signature in found.secrets.items():
             self._note_secret(path, signature, path in found.entries)
 
@@ -664,7 +653,7 @@ class DirectorySource(TrustSource):
         put[path] = loaded.cert
         gone.discard(path)
         if self._reported.pop(path, None) is not None:
-            log.info("certificate %s is valid again", _printable(path))
+            log.info("certificate %s is valid again", printable(path))
         if loaded.had_secret:
             self._note_secret(path, td.secret_signature(real), True)
         return None
@@ -737,7 +726,7 @@ class DirectorySource(TrustSource):
 
     def _report(self, path: str, reason: str, before: dict[str, str]) -> None:
         if before.get(path) != reason:
-            log.warning("skipped certificate %s: %s", _printable(path), _printable(reason))
+            log.warning("skipped certificate %s: %s", printable(path), printable(reason))
         self._reported[path] = reason
 
     def _note_secret(self, path: str, signature: tuple[int, ...] | None, inside: bool) -> None:
@@ -752,14 +741,14 @@ class DirectorySource(TrustSource):
                 "certificate %s holds a secret key: its public key stays trusted as a public "
                 "key, but the secret key must be removed from this server (keep only the "
                 "public certificate in a trust directory)",
-                _printable(path),
+                printable(path),
             )
         else:
             log.warning(
                 "%s is a secret certificate file in a trust directory: it is not read, and "
                 "no key is trusted because of it; remove it from this server (a secret key "
                 "belongs only on the machine that uses it)",
-                _printable(path),
+                printable(path),
             )
 
 

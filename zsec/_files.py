@@ -59,6 +59,18 @@ _LINK_ERRNOS = (errno.ELOOP, errno.EMLINK)
 TRUSTED_UIDS = (0, os.geteuid()) if hasattr(os, "geteuid") else (0,)
 
 
+def printable(text: str) -> str:
+    """A name or text from a file, a directory listing or a peer, safe to show on one line.
+
+    Control and other non-printable characters are escaped (``\\n``,
+    ``\\x1b``): whoever chose the text could otherwise forge a log line or
+    rewrite the operator's terminal with an escape sequence.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def read_regular(
     path: str,
     limit: int,

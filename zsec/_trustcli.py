@@ -34,7 +34,7 @@ from ._etcd import (
     check_prefix,
     check_user_entry,
 )
-from ._files import read_capped
+from ._files import printable, read_capped
 from ._keys import coerce_key, z85_encode
 from ._passwords import check_username, hash_password
 
@@ -147,14 +147,6 @@ def _cmd_remove(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     return 0 if all(removed.values()) else 1
 
 
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped: etcd entries come from any writer,
-    and an escape sequence could otherwise erase or rewrite lines on the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
 def _cmd_list(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     prefix = args.prefix.encode()
     with _connect(args, stdin) as conn:
@@ -165,11 +157,11 @@ def _cmd_list(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
         try:
             cert = cert_from_entry(name, values[key])
         except (CertificateError, ValueError) as exc:
-            stdout.write(_printable(f"{name}  INVALID: {exc}") + "\n")
+            stdout.write(printable(f"{name}  INVALID: {exc}") + "\n")
             continue
         good += 1
         label = ", ".join(
-            f"{k}={_printable(cert.meta(k) or '')}" for k in ("name", "email") if cert.meta(k)
+            f"{k}={printable(cert.meta(k) or '')}" for k in ("name", "email") if cert.meta(k)
         )
         stdout.write(f"{cert.public_txt}  {label}\n".replace("  \n", "\n"))
     stdout.write(f"{good} trusted certificate(s) under {args.prefix} at etcd revision {revision}\n")

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from ._cert import MAX_CERT_BYTES, Cert
 from ._errors import CertificateError, FileAccessError, ZsecError
 from ._events import read_audit
-from ._files import mode_problem, read_regular
+from ._files import mode_problem, printable, read_regular
 from ._passwords import (
     _HASH_PREFIXES as HASH_PREFIXES,
 )
@@ -148,13 +148,6 @@ def _cmd_demo(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
 # -- cert show ---------------------------------------------------------------------
 
 
-def _printable(text: str) -> str:
-    """Text from a file or a peer, safe for a terminal: control characters escaped."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def fingerprint(public_key: bytes) -> str:
     """A short fingerprint of a public key: the first 64 bits of its SHA-256, in hex."""
     digest = hashlib.sha256(public_key).hexdigest()[:16]
@@ -199,7 +192,7 @@ def show_cert(path: str) -> str:
     meta = cert.metadata
     if meta:
         for i, (name, value) in enumerate(meta.items()):
-            rows.append(("metadata" if i == 0 else "", f"{_printable(name)} = {_printable(value)}"))
+            rows.append(("metadata" if i == 0 else "", f"{printable(name)} = {printable(value)}"))
     else:
         rows.append(("metadata", "(none)"))
     rows.append(("mode", f"{stat.S_IMODE(st.st_mode):04o} ({stat.filemode(st.st_mode)})"))
@@ -357,7 +350,7 @@ def _check_password_file(path: str, found: _Findings) -> int:
         if not name:
             found.problem(path, "empty-name", f"line {number} has an empty name: it is ignored")
             continue
-        shown = _printable(name.decode("utf-8", "backslashreplace"))
+        shown = printable(name.decode("utf-8", "backslashreplace"))
         if name in seen:
             found.problem(
                 path,
@@ -401,7 +394,7 @@ def render_report(report: dict[str, Any]) -> str:
     counted = "certificates" if "certificates" in report else "users"
     problems, notes = report["problems"], report["notes"]
     out = [
-        f"{report['kind']} {_printable(report['path'])}: {report[counted]} "
+        f"{report['kind']} {printable(report['path'])}: {report[counted]} "
         f"{counted if report[counted] != 1 else counted[:-1]}, "
         f"{len(problems)} problem(s)\n"
     ]
@@ -410,8 +403,8 @@ def render_report(report: dict[str, Any]) -> str:
     if rows:
         width = max(len(r[1]) for r in rows)
         for level, code, where, detail in rows:
-            out.append(f"{level:8s} {code:{width}s}  {_printable(where)}\n")
-            out.append(f"{'':8s} {'':{width}s}  {_printable(detail)}\n")
+            out.append(f"{level:8s} {code:{width}s}  {printable(where)}\n")
+            out.append(f"{'':8s} {'':{width}s}  {printable(detail)}\n")
     else:
         out.append("no problems found\n")
     return "".join(out)
@@ -430,7 +423,7 @@ def audit_row(record: dict[str, Any]) -> str:
 
     def text(name: str) -> str:
         value = record.get(name)
-        return "" if value is None else _printable(str(value))
+        return "" if value is None else printable(str(value))
 
     when = text("time").replace("T", " ").removesuffix("Z")[:23]
     if record.get("event") == "decision":
