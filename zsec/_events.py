@@ -579,12 +579,11 @@ class AuditLog:
             raise AuthError(f"cannot open audit log {self.path}: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
-            if st.st_size:
-                # A line torn by something worse than a crash (power loss): end
-                # it, so the next line parses.
-                with contextlib.suppress(OSError):
-                    if os.pread(fd, 1, st.st_size - 1) != b"\n":
-                        os.write(fd, b"\n")
+            # A line torn by something worse than a crash (power loss): end
+            # it, so the next line parses.
+            with contextlib.suppress(OSError):
+                if _mid_line(fd, st.st_size):
+                    os.write(fd, b"\n")
             # Where the next line starts: O_APPEND leaves the offset at the end.
             self._offset = os.lseek(fd, 0, os.SEEK_END)
         except OSError as exc:  # a pipe or socket cannot seek
@@ -615,7 +614,7 @@ class AuditLog:
             # someone else: pack from where the file ends now, or lines
             # would straddle its 4 KiB blocks.
             self._offset = st.st_size
-            self._torn = st.st_size > 0 and os.pread(self._fd, 1, st.st_size - 1) != b"\n"
+            self._torn = _mid_line(self._fd, st.st_size)
         return False
 
     def write(self, events: Sequence[Event], lines: list[bytes] | None = None) -> None:
@@ -668,7 +667,7 @@ class AuditLog:
             # Where the file ends now, and whether mid-line: ask.
             with contextlib.suppress(OSError):
                 self._offset = os.lseek(fd, 0, os.SEEK_END)
-                self._torn = self._offset > 0 and os.pread(fd, 1, self._offset - 1) != b"\n"
+                self._torn = _mid_line(fd, self._offset)
             return
         self._offset += done
         self._torn = False
@@ -697,6 +696,11 @@ class AuditLog:
 
 _BLOCK = 4096
 _FIELD_LIMIT = 200
+
+
+def _mid_line(fd: int, size: int) -> bool:
+    """Whether the file open as ``fd``, ``size`` bytes long, ends inside a line."""
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 def _pack(lines: list[bytes], start: int, out: list[bytes]) -> None:
