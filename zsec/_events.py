@@ -276,7 +276,7 @@ def build_decision(raw: _Raw, anchor: _Anchor) -> Decision:
             key = _z85(credentials[0])
         elif mechanism == "PLAIN":
             username = _text(credentials[0])
-        cert_name = None if extra is None else extra.meta("name")
+        cert_name = _cert_name(extra)
     else:
         # A malformed request: what can be read of it, never the credentials.
         status_code, status_text, frames = extra
