@@ -12,8 +12,8 @@ each round:
   local disk and Prometheus metrics, all consuming every decision;
 - ``no-hub``: the policy's emitter removed, for reference: what the hand-off
   itself costs the ZAP thread;
-- ``drain``: every decision posted, and the events thread throws the batches
-  away: the hand-off between the threads alone;
+- ``drain``: every decision posted and its event built, then thrown away:
+  the hand-off and the building alone;
 - ``subscriber``, ``audit``, ``metrics``: one consumer each.
 
 A separate generator process queues a whole burst of ZAP requests (NULL, or
@@ -99,10 +99,8 @@ def generator(mechanism: str, keys: list[bytes], conn: Any) -> None:
     ctx.destroy(linger=0)
 
 
-def _drain(batch: list[Any]) -> None:
-    for item in batch:
-        if hasattr(item, "set"):
-            item.set()
+def _drain(events: list[Any], lines: Any, notable: list[Any]) -> None:
+    """Deliver nothing (the ``drain`` configuration)."""
 
 
 class Server:
@@ -127,10 +125,10 @@ class Server:
             self.auth.audit_log(self.audit)
         if config in ("on", "metrics"):
             self.auth.enable_metrics()
-        if config == "drain":  # posts made, events thrown away: the hand-off alone
+        if config == "drain":  # events built, then thrown away: hand-off and building alone
             self.auth._events.want_allowed = True
             self.auth._events.refresh = lambda: None  # type: ignore[method-assign]
-            self.auth._events._dispatch = _drain  # type: ignore[method-assign]
+            self.auth._events._deliver = _drain  # type: ignore[method-assign]
         if config == "no-hub":
             self.auth._policy = self.auth._policy.replace(emit=None)
 

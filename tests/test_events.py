@@ -691,3 +691,150 @@ def test_every_refusal_is_logged_once_in_order_among_kept_allowed_shapes(
         "DENIED (deny list",
     ]  # fmt: skip
     assert not [m for m in messages if m.startswith("ALLOWED")]
+
+
+class BlockingHandler(logging.Handler):
+    """A log handler stuck on its first record until released: a syslog peer gone away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.unblock = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.entered.set()
+        self.unblock.wait(30)
+
+
+@pytest.fixture
+def blocking_handler() -> Any:
+    handler = BlockingHandler()
+    logger = logging.getLogger("zsec.auth")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # refusals are logged at INFO
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        handler.unblock.set()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_under_load_a_blocked_log_handler_stops_no_subscriber_or_count_and_order_holds(
+    ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path, blocking_handler: BlockingHandler
+) -> None:
+    from zsec._events import _INLINE_BATCH, audit_line
+
+    recorder = Recorder()
+    auth.subscribe(recorder)
+    auth.enable_metrics()
+    metrics = auth._events.metrics
+    assert metrics is not None
+    audit = tmp_path / "audit.jsonl"
+    auth.audit_log(audit)
+    auth.deny("192.0.2.66")
+    zap_ask(ctx, req(b"NULL", address=b"192.0.2.66"))
+    assert blocking_handler.entered.wait(10), "the refusal was never logged"
+    # The dispatcher is stuck logging that refusal. Decisions go on, and the
+    # ZAP thread builds each full batch itself: subscribers and metrics get
+    # them; the audit log waits for the dispatcher.
+    many = 2 * _INLINE_BATCH + 40
+    zap_ask(ctx, *[req(b"NULL", request_id=str(i).encode()) for i in range(many)])
+    wait_for(lambda: len(recorder.decisions()) >= 1 + 2 * _INLINE_BATCH, what="built batches")
+    assert not blocking_handler.unblock.is_set()
+    assert metrics.decisions["NULL", "other", "allowed", "ok"] >= 2 * _INLINE_BATCH
+    assert audit.read_text().count("\n") == 1
+    blocking_handler.unblock.set()
+    assert auth.flush_events()
+    decisions = wait_for(
+        lambda: len(recorder.decisions()) == 1 + many and recorder.decisions(), what="the rest"
+    )
+    assert [d.verdict for d in decisions] == ["refused"] + ["allowed"] * many
+    times = [d.time for d in decisions]
+    assert times == sorted(times)
+    assert metrics.decisions["NULL", "other", "allowed", "ok"] == many
+    # The audit log has every decision once, in the order subscribers saw them.
+    lines = [
+        line for line in audit.read_bytes().splitlines(keepends=True) if line.startswith(b'{"')
+    ]
+    assert lines == [audit_line(d) for d in decisions]
+
+
+def test_a_blocked_dispatcher_holds_a_bounded_backlog_and_counts_the_rest(
+    auth: zsec.Auth, blocking_handler: BlockingHandler
+) -> None:
+    from zsec._events import _INLINE_BATCH, EventHub
+    from zsec._zap import ZapReply, ZapRequest
+
+    limit = _INLINE_BATCH + 44
+    hub = EventHub(lambda: auth._policy, limit=limit)
+    recorder = Recorder()
+    hub.subscribe(recorder)
+    try:
+        refused = ZapRequest.from_frames(req(b"NULL", address=b"192.0.2.66"))
+        hub.post(
+            time.perf_counter(), refused, ZapReply(b"7", b"400", b"address is in the deny list")
+        )
+        assert blocking_handler.entered.wait(10), "the refusal was never logged"
+        request = ZapRequest.from_frames(req(b"NULL"))
+        allowed = ZapReply(b"7", b"200", b"OK")
+        posted = 5 * limit
+        for _ in range(posted):  # this thread plays the ZAP thread
+            hub.post(time.perf_counter(), request, allowed)
+        # Waiting: at most a limit's worth queued, and built, not handed on.
+        assert len(hub._queue) <= limit
+        assert hub._built_events - hub._delivered_events <= limit + _INLINE_BATCH
+        assert hub.dropped >= posted - 2 * limit - _INLINE_BATCH
+        blocking_handler.unblock.set()
+        assert hub.flush()
+        wait_for(lambda: len(recorder.events) + hub.dropped == 1 + posted, what="delivery")
+        assert len(recorder.decisions()) == 1 + posted - hub.dropped
+    finally:
+        hub.close()
+
+
+def test_a_batch_that_fails_to_build_in_the_zap_thread_is_reported_not_raised(
+    auth: zsec.Auth,
+    blocking_handler: BlockingHandler,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from zsec import _events
+    from zsec._events import _INLINE_BATCH, EventHub
+    from zsec._zap import ZapReply, ZapRequest
+
+    caplog.set_level(logging.INFO, logger="zsec.auth")
+    hub = EventHub(lambda: auth._policy)
+    recorder = Recorder()
+    hub.subscribe(recorder)
+    try:
+        refused = ZapRequest.from_frames(req(b"NULL", address=b"192.0.2.66"))
+        hub.post(
+            time.perf_counter(), refused, ZapReply(b"7", b"400", b"address is in the deny list")
+        )
+        assert blocking_handler.entered.wait(10), "the refusal was never logged"
+        builds = hub._builds  # the dispatcher, stuck logging, builds nothing more
+
+        def broken(*args: Any) -> list[Any]:
+            raise RuntimeError("a bug in building")
+
+        monkeypatch.setattr(_events, "build_decisions", broken)
+        request = ZapRequest.from_frames(req(b"NULL"))
+        allowed = ZapReply(b"7", b"200", b"OK")
+        for _ in range(_INLINE_BATCH):  # the last post builds, and must not raise
+            hub.post(time.perf_counter(), request, allowed)
+        assert hub._builds == builds + 1
+        monkeypatch.undo()
+        blocking_handler.unblock.set()
+        hub.post(time.perf_counter(), request, allowed)
+        assert hub.flush()
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+            "building, counting or handing out events failed (1 time(s) so far); "
+            "those batches' events are lost to some or all consumers"
+        ]
+        # The refusal before and the decision after the lost batch are delivered.
+        wait_for(lambda: len(recorder.events) == 2, what="the events around the lost batch")
+        assert [d.status for d in recorder.decisions()] == [400, 200]
+    finally:
+        hub.close()

@@ -1,13 +1,17 @@
 """Decision and trust-change events: the hub, the logging sink, the audit log and metrics.
 
 The ZAP thread hands each decision to ``EventHub.post`` as a cheap tuple (two
-clock reads, a dict lookup and a deque append); everything else happens in
-the hub's own dispatcher thread, in batches: building the immutable event,
-logging it, writing the audit line, counting metrics, and handing the batch
-to each subscriber's own queue and thread. Every queue is bounded: when one is full
-the event is dropped and counted, never waited for, so a slow, blocking or
-raising subscriber cannot slow or stop authentication. Drops are logged once
-per interval and counted in ``zsec_events_dropped_total``.
+clock reads, a dict lookup and a deque append). The rest is done in batches:
+building the immutable events and their audit lines, counting metrics and
+handing the batch to each subscriber's own queue and thread is bounded work
+of zsec's own, done by the hub's dispatcher thread, or under load by the ZAP
+thread itself once a batch is full (one thread doing it costs the GIL less
+than two taking turns); writing the audit log and logging, which can block
+or run application code, only ever happen in the dispatcher thread.
+Every queue is bounded: when one is full the event is dropped and counted,
+never waited for, so a slow, blocking or raising subscriber or log handler
+cannot slow or stop authentication. Drops are logged once per interval and
+counted in ``zsec_events_dropped_total``.
 
 No event carries a password or a secret key: a decision names the PLAIN
 username and the CURVE client's public key, never the password.
@@ -53,6 +57,9 @@ DROP_REPORT_SECONDS = 10.0
 # load, events reach the audit log and subscribers up to this much later.)
 _BATCH_PAUSE = 0.01
 _IDLE_WAKE = 1.0
+# Once this many events wait, the ZAP thread builds them itself (EventHub.post):
+# about 0.3 ms of work in one go, a hand-off to the dispatcher per batch.
+_INLINE_BATCH = 256
 #: How often the dispatcher looks whether each store's directory still exists.
 STORE_CHECK_SECONDS = 1.0
 
@@ -210,6 +217,9 @@ Event = Decision | TrustChange
 # The hub keeps the slots of allowed decisions; a refusal's is used once.
 # For a malformed request: (t0, t1, None, (status code, status text, frames)).
 _Raw = tuple[float, float, "list[Any] | None", Any]
+# A built batch: its events, their audit lines (None: no audit log when it
+# was built), the notable ones (see build_decisions) and the flush markers.
+_Built = tuple[list["Event"], "list[bytes] | None", list["Event"], list[threading.Event]]
 
 
 def _cert_name(cert: Cert | None) -> str | None:
@@ -816,8 +826,8 @@ LATENCY_BUCKETS = (
 class Metrics:
     """Prometheus metrics for one authenticator, kept as plain counts and read at scrape time.
 
-    Counting is done in the dispatcher thread in batches (a dict update per
-    event); ``collect`` turns the counts into metric families when
+    Counting is done in batches, by whichever thread builds them (see
+    ``EventHub._build``); ``collect`` turns the counts into metric families when
     Prometheus scrapes. Labels are bounded: mechanism, a configured domain
     (any other is ``"other"``), verdict and reason code; never a key,
     username or address.
@@ -988,7 +998,7 @@ class _Subscription:
         self.callback = callback
         self.limit = limit
         self.queue: collections.deque[list[Event]] = collections.deque()
-        # Events queued (written by the dispatcher only) and delivered
+        # Events queued (written by the hub's builder, under its lock) and delivered
         # (written by this subscriber's thread only): one shared counter
         # changed by both with += and -= could lose an update.
         self.queued = 0
@@ -1051,8 +1061,9 @@ class EventHub:
     """The bounded hand-off between the ZAP thread and everything that consumes events.
 
     ``post`` (ZAP thread) and ``publish`` (any thread) never block; the
-    dispatcher thread does the rest. ``policy`` returns the policy in force,
-    for the verbose flag and the configured domains.
+    dispatcher thread does the rest, except that the ZAP thread builds a
+    full batch itself (see ``_build``). ``policy`` returns the policy in
+    force, for the verbose flag and the configured domains.
     """
 
     def __init__(self, policy: Callable[[], Policy], *, limit: int = QUEUE_LIMIT) -> None:
@@ -1063,6 +1074,16 @@ class EventHub:
         self._slots_renewed = time.monotonic()
         self._wake = threading.Event()
         self._idle = False
+        # Built batches waiting to be handed on, in order (see _build). The
+        # counts are each written by one side only, as in _Subscription.
+        self._built: collections.deque[_Built] = collections.deque()
+        self._build_lock = threading.Lock()
+        self._builds = 0  # under _build_lock
+        self._built_events = 0  # under _build_lock
+        self._delivered_events = 0  # the dispatcher's
+        self._build_failures = 0  # under _build_lock
+        self._reported_failures = 0  # the dispatcher's
+        self._urgent = False
         self._dropped = 0
         self._reported_drops = 0
         self._drop_lock = threading.Lock()
@@ -1095,7 +1116,8 @@ class EventHub:
 
         Only what the event is made of travels (see ``_Raw``): the request,
         the reply and their frames are freed here, in the thread that made
-        them, and the PLAIN password never leaves this thread.
+        them, and the PLAIN password never leaves this thread. When
+        ``_INLINE_BATCH`` are queued, this call builds them (see ``_build``).
         """
         if (
             not self.want_allowed
@@ -1116,7 +1138,7 @@ class EventHub:
                 reply.status_code,
                 reply.status_text,
             )
-            # One long-lived slot per allowed shape, which the events thread
+            # One long-lived slot per allowed shape, which the builder
             # fills with the event's fields once: only the times are new per
             # decision, and this shape is freed here, where it was made
             # (allocator traffic between the two threads costs both).
@@ -1135,6 +1157,23 @@ class EventHub:
             queue.append(
                 (t0, time.perf_counter(), None, (reply.status_code, reply.status_text, frames))
             )
+        if (
+            len(queue) >= _INLINE_BATCH
+            and self._built_events - self._delivered_events < self._limit
+            and self._build_lock.acquire(False)
+        ):
+            # Under load, this thread builds the batch itself: it would
+            # otherwise wait for the GIL while the dispatcher built it, and
+            # the turns the two threads take cost more than the building
+            # does (bench/bench_events.py). Not while the dispatcher builds
+            # (the lock), nor past the limit of built events it has yet to
+            # hand on (a log handler may block it).
+            try:
+                self._build(_INLINE_BATCH)
+            finally:
+                self._build_lock.release()
+            self._wake.set()
+            return
         if self._idle:
             self._idle = False
             self._wake.set()
@@ -1231,6 +1270,7 @@ class EventHub:
             return not self._queue
         done = threading.Event()
         self._queue.append(done)
+        self._urgent = True
         self._idle = False
         self._wake.set()
         return done.wait(timeout)
@@ -1269,21 +1309,24 @@ class EventHub:
     # -- the dispatcher ---------------------------------------------------------------
 
     def _run(self) -> None:
-        queue, wake = self._queue, self._wake
+        queue, wake, built, lock = self._queue, self._wake, self._built, self._build_lock
+        seen = self._builds
         while True:
             self._idle = True
-            if not queue and not self._closed:
+            if not queue and not built and not self._closed:
                 wake.wait(_IDLE_WAKE)
                 wake.clear()
             self._idle = False
-            count = len(queue)
-            if count:
-                batch = [queue.popleft() for _ in range(count)]
-                try:
-                    self._dispatch(batch)
-                except BaseException:  # the dispatcher must go on, whatever app code raised
-                    with contextlib.suppress(BaseException):
-                        log.exception("event dispatch failed; %d event(s) lost", count)
+            count = self._deliver_built()
+            # Build here only what the ZAP thread is not building: when it
+            # built nothing since the last look (it is not busy), or when a
+            # flush or close waits.
+            if queue and (seen == self._builds or self._urgent or self._closed):
+                self._urgent = False
+                with lock:
+                    self._build()
+                count += self._deliver_built()
+            seen = self._builds
             self._report_drops()
             self.refresh()
             now = time.monotonic()
@@ -1293,50 +1336,110 @@ class EventHub:
                 for _, listener in list(self._watched.values()):
                     with contextlib.suppress(BaseException):
                         listener.check()
-            if self._closed and not queue:
-                return
+            if self._closed:
+                with lock:  # the ZAP thread may be building the last batch
+                    if not queue and not built:
+                        return
+                continue
             if count > 1:
                 # Posts do not end the pause (only an idle dispatcher is
-                # woken); a flush or close does.
+                # woken); a built batch, a flush or close does.
                 wake.wait(_BATCH_PAUSE)
                 wake.clear()
 
-    def _dispatch(self, batch: list[Any]) -> None:
-        anchor = _Anchor()
+    def _build(self, limit: int = 0) -> None:
+        """Build up to ``limit`` queued events (0: all), count them, feed the subscribers.
+
+        Called with ``_build_lock`` held (batches stay in order), by the
+        dispatcher or the ZAP thread, so it must never raise (a failure is
+        counted, and reported by the dispatcher), never block and never call
+        application code: metrics are counted and subscribers' queues fed
+        here, while the audit log, logging and flush markers wait in
+        ``_built`` for the dispatcher.
+        """
+        queue = self._queue
+        count = len(queue)
+        if limit:
+            count = min(count, limit)
+        if not count:
+            return
+        batch = [queue.popleft() for _ in range(count)]
         markers: list[threading.Event] = []
-        audit = self._audit
-        lines: list[bytes] | None = None if audit is None else []
+        lines: list[bytes] | None = None if self._audit is None else []
         notable: list[Event] = []
-        events = build_decisions(batch, anchor, markers, lines, notable)
+        try:
+            events = build_decisions(batch, _Anchor(), markers, lines, notable)
+        except BaseException:  # noqa: BLE001 - reported by the dispatcher
+            self._build_failures += 1
+            markers = [item for item in batch if isinstance(item, threading.Event)]
+            events, lines, notable = [], None, []
         if events:
-            policy = self.policy()
-            # The audit trail first: nothing the application plugs into
-            # logging (a filter or handler that raises) may cost an audit
-            # line, a count or a subscriber's event.
-            if audit is not None:
-                audit.write(events, lines)
-            metrics = self.metrics
-            if metrics is not None:
-                domains = frozenset(policy.plain) | frozenset(policy.curve)
-                metrics.count(events, domains)
-            for subscription in self._subscriptions:
-                lost = subscription.offer(events)
-                if lost:
-                    self._drop(lost)
-            verbose = policy.verbose
             try:
-                if log.isEnabledFor(logging.DEBUG) or verbose:
-                    for event in events:
-                        log_event(event, verbose)
-                else:
-                    for event in notable:
-                        log_event(event, verbose)
-            except BaseException:  # noqa: BLE001, S110 - an application's filter raised
-                # The broken logger cannot report its own failure; the rest of
-                # the batch's log lines are lost, nothing else is.
-                pass
-        for marker in markers:
-            marker.set()
+                metrics = self.metrics
+                if metrics is not None:
+                    policy = self.policy()
+                    metrics.count(events, frozenset(policy.plain) | frozenset(policy.curve))
+                for subscription in self._subscriptions:
+                    lost = subscription.offer(events)
+                    if lost:
+                        self._drop(lost)
+            except BaseException:  # noqa: BLE001 - reported by the dispatcher
+                self._build_failures += 1
+        self._builds += 1
+        self._built_events += len(events)
+        self._built.append((events, lines, notable, markers))
+
+    def _deliver_built(self) -> int:
+        """Hand on every built batch, in order; return how many events they held."""
+        built = self._built
+        count = 0
+        while built:
+            events, lines, notable, markers = built.popleft()
+            count += len(events)
+            try:
+                self._deliver(events, lines, notable)
+            except BaseException:  # the dispatcher must go on, whatever app code raised
+                with contextlib.suppress(BaseException):
+                    log.exception("event dispatch failed; %d event(s) lost", len(events))
+            self._delivered_events += len(events)
+            for marker in markers:
+                marker.set()
+        failures = self._build_failures
+        if failures != self._reported_failures:
+            self._reported_failures = failures
+            with contextlib.suppress(BaseException):
+                log.error(
+                    "building, counting or handing out events failed (%d time(s) so far); "
+                    "those batches' events are lost to some or all consumers",
+                    failures,
+                )
+        return count
+
+    def _deliver(
+        self, events: list[Event], lines: list[bytes] | None, notable: list[Event]
+    ) -> None:
+        """Write one built batch to the audit log, then log it (the dispatcher's)."""
+        if not events:
+            return
+        audit = self._audit
+        policy = self.policy()
+        # The audit trail first (counts and subscribers' events were handed
+        # out when the batch was built): nothing the application plugs into
+        # logging (a filter or handler that raises) may cost an audit line.
+        if audit is not None:
+            audit.write(events, lines)
+        verbose = policy.verbose
+        try:
+            if log.isEnabledFor(logging.DEBUG) or verbose:
+                for event in events:
+                    log_event(event, verbose)
+            else:
+                for event in notable:
+                    log_event(event, verbose)
+        except BaseException:  # noqa: BLE001, S110 - an application's filter raised
+            # The broken logger cannot report its own failure; the rest of
+            # the batch's log lines are lost, nothing else is.
+            pass
 
     def _report_drops(self) -> None:
         dropped = self._dropped
