@@ -858,8 +858,14 @@ class Metrics:
         if len(mechanisms) == 1:
             latencies[mechanisms.pop()] = sorted(map(_LATENCY, decisions))
         else:
-            for mechanism in mechanisms:
-                latencies[mechanism] = sorted(e[11] for e in decisions if e[1] == mechanism)
+            # One pass, grouped by the bounded label: a pass per distinct
+            # name would cost n*n when malformed requests each name another.
+            for event in decisions:
+                mechanism = event[1]
+                label = mechanism if mechanism in _MECHANISMS else "other"
+                latencies.setdefault(label, []).append(event[11])
+            for values in latencies.values():
+                values.sort()
         with self._lock:
             counted = self.decisions
             for (mechanism, domain, verdict, code), value in raw.items():
