@@ -838,3 +838,50 @@ def test_a_batch_that_fails_to_build_in_the_zap_thread_is_reported_not_raised(
         assert [d.status for d in recorder.decisions()] == [400, 200]
     finally:
         hub.close()
+
+
+def test_when_more_than_a_batch_waits_the_zap_thread_builds_the_oldest_and_order_holds(
+    auth: zsec.Auth, tmp_path: Path, blocking_handler: BlockingHandler
+) -> None:
+    # The test above only ever has the ZAP thread build a whole queue of
+    # exactly one batch; here more waits (the build lock was taken, as when
+    # the dispatcher builds), so the ZAP thread must take the oldest and
+    # leave the rest, in order, to the dispatcher.
+    from zsec._events import _INLINE_BATCH, AuditLog, EventHub, read_audit
+    from zsec._zap import ZapReply, ZapRequest
+
+    hub = EventHub(lambda: auth._policy)
+    audit = tmp_path / "audit.jsonl"
+    hub.set_audit(AuditLog(audit))
+    recorder = Recorder()
+    hub.subscribe(recorder)
+    allowed = ZapReply(b"7", b"200", b"OK")
+    addresses = [f"10.0.{i >> 8}.{i & 255}" for i in range(_INLINE_BATCH + 41)]
+
+    def post(address: str) -> None:  # this thread plays the ZAP thread
+        request = ZapRequest.from_frames(req(b"NULL", address=address.encode()))
+        hub.post(time.perf_counter(), request, allowed)
+
+    try:
+        refused = ZapRequest.from_frames(req(b"NULL", address=b"192.0.2.66"))
+        hub.post(
+            time.perf_counter(), refused, ZapReply(b"7", b"400", b"address is in the deny list")
+        )
+        assert blocking_handler.entered.wait(10), "the refusal was never logged"
+        with hub._build_lock:
+            for address in addresses[:-1]:
+                post(address)
+        assert len(hub._queue) == len(addresses) - 1
+        post(addresses[-1])  # builds one batch
+        assert len(hub._queue) == len(addresses) - _INLINE_BATCH
+        blocking_handler.unblock.set()
+        assert hub.flush()
+        decisions = wait_for(
+            lambda: len(recorder.decisions()) == 1 + len(addresses) and recorder.decisions(),
+            what="every decision",
+        )
+        assert [d.address for d in decisions] == ["192.0.2.66", *addresses]
+        with audit.open("rb") as lines:
+            assert [d["address"] for d in read_audit(lines)] == ["192.0.2.66", *addresses]
+    finally:
+        hub.close()
