@@ -161,7 +161,7 @@ class Server:
             begun = time.perf_counter()
             proxy.start()
             half = burst // 2
-            start = self._when(proxy, half * REPLY_PARTS, begun, half)
+            start, passed = self._when(proxy, half * REPLY_PARTS, begun, half)
             self._when(proxy, burst * REPLY_PARTS, start, burst - half)
             self.drain(burst)
             end = time.perf_counter()
@@ -173,11 +173,12 @@ class Server:
         if refused:
             raise RuntimeError(f"{self.config}: {refused} replies refused or lost (-1: lost)")
         cpu = [(b - a) / burst * 1e6 for a, b in zip(before, after, strict=True)]
-        self.rate = (burst - half) / (end - start)
+        # From the replies seen at the start, which may be more than half.
+        self.rate = (burst - passed) / (end - start)
         return self.rate, cpu
 
-    def _when(self, proxy: ZapProxy, parts: int, since: float, requests: int) -> float:
-        """The time at which ``proxy`` has passed back ``parts`` reply parts.
+    def _when(self, proxy: ZapProxy, parts: int, since: float, requests: int) -> tuple[float, int]:
+        """The time at which ``proxy`` has passed back ``parts`` reply parts, and the replies then.
 
         Asking the proxy costs this process about 50 us of CPU, some of it
         under the GIL: sleep through half the time the last burst's rate
@@ -188,14 +189,14 @@ class Server:
             time.sleep(max(0.0, since + 0.5 * requests / self.rate - time.perf_counter()))
         deadline = time.monotonic() + 600
         first = True
-        while proxy.replies() < parts:
+        while (seen := proxy.replies()) < parts:
             first = False
             if time.monotonic() > deadline:
                 raise RuntimeError("the handler stopped answering")
             time.sleep(0.001)
         if first and self.rate:
-            self.late += 1  # already there: this time is late, the rate too low
-        return time.perf_counter()
+            self.late += 1  # already there: this time is late (the count read says how late)
+        return time.perf_counter(), seen // REPLY_PARTS
 
     def drain(self, burst: int) -> None:
         """Wait until every event of this burst is audited, counted and delivered."""
