@@ -721,6 +721,15 @@ def blocking_handler() -> Any:
         logger.setLevel(level)
 
 
+def _stick_dispatcher(hub: Any, handler: BlockingHandler) -> None:
+    """Post a refusal to ``hub`` and wait until its dispatcher is stuck logging it."""
+    from zsec._zap import ZapReply, ZapRequest
+
+    refused = ZapRequest.from_frames(req(b"NULL", address=b"192.0.2.66"))
+    hub.post(time.perf_counter(), refused, ZapReply(b"7", b"400", b"address is in the deny list"))
+    assert handler.entered.wait(10), "the refusal was never logged"
+
+
 def test_under_load_a_blocked_log_handler_stops_no_subscriber_or_count_and_order_holds(
     ctx: zmq.Context[Any], auth: zsec.Auth, tmp_path: Path, blocking_handler: BlockingHandler
 ) -> None:
@@ -772,11 +781,7 @@ def test_a_blocked_dispatcher_holds_a_bounded_backlog_and_counts_the_rest(
     recorder = Recorder()
     hub.subscribe(recorder)
     try:
-        refused = ZapRequest.from_frames(req(b"NULL", address=b"192.0.2.66"))
-        hub.post(
-            time.perf_counter(), refused, ZapReply(b"7", b"400", b"address is in the deny list")
-        )
-        assert blocking_handler.entered.wait(10), "the refusal was never logged"
+        _stick_dispatcher(hub, blocking_handler)
         request = ZapRequest.from_frames(req(b"NULL"))
         allowed = ZapReply(b"7", b"200", b"OK")
         posted = 5 * limit
@@ -809,11 +814,7 @@ def test_a_batch_that_fails_to_build_in_the_zap_thread_is_reported_not_raised(
     recorder = Recorder()
     hub.subscribe(recorder)
     try:
-        refused = ZapRequest.from_frames(req(b"NULL", address=b"192.0.2.66"))
-        hub.post(
-            time.perf_counter(), refused, ZapReply(b"7", b"400", b"address is in the deny list")
-        )
-        assert blocking_handler.entered.wait(10), "the refusal was never logged"
+        _stick_dispatcher(hub, blocking_handler)
         builds = hub._builds  # the dispatcher, stuck logging, builds nothing more
 
         def broken(*args: Any) -> list[Any]:
@@ -863,11 +864,7 @@ def test_when_more_than_a_batch_waits_the_zap_thread_builds_the_oldest_and_order
         hub.post(time.perf_counter(), request, allowed)
 
     try:
-        refused = ZapRequest.from_frames(req(b"NULL", address=b"192.0.2.66"))
-        hub.post(
-            time.perf_counter(), refused, ZapReply(b"7", b"400", b"address is in the deny list")
-        )
-        assert blocking_handler.entered.wait(10), "the refusal was never logged"
+        _stick_dispatcher(hub, blocking_handler)
         with hub._build_lock:
             for address in addresses[:-1]:
                 post(address)
