@@ -330,7 +330,7 @@ def test_decisions_built_in_a_batch_follow_certificate_changes_and_the_clock() -
 
     key = zsec.Cert().public_key
     # What post() sends: the slot of one shape, filled in by the events thread.
-    slot = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None]
+    slot = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None, None]
     old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
     old.set_meta("name", "old name")
     new.set_meta("name", "new name")  # the same key, its metadata changed
@@ -396,7 +396,7 @@ def test_a_batch_reads_the_shared_second_stamp_once(monkeypatch: pytest.MonkeyPa
 
     real = _events._second_bytes(now)
     monkeypatch.setattr(_events, "_SECOND_BYTES", Shared(real))
-    slot = [(b"NULL", b"global", b"127.0.0.1", (), b"200", b"OK"), None, None, None]
+    slot = [(b"NULL", b"global", b"127.0.0.1", (), b"200", b"OK"), None, None, None, None]
     anchor = _Anchor()
     anchor.wall, anchor.perf = now + 0.5, 100.0
     lines: list[bytes] = []
@@ -630,12 +630,12 @@ def test_a_batch_names_as_notable_exactly_the_events_that_are_not_allowed_decisi
     key = zsec.Cert().public_key
     old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
     new.set_meta("name", "renamed")
-    kept = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None]
+    kept = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None, None]
     # A slot whose status code is not the bytes b"200" is never kept by post(),
     # but one that reads as 200 is an allowed decision all the same.
-    odd = [(b"NULL", b"global", b"127.0.0.1", (), b"0200", b"OK"), None, None, None]
+    odd = [(b"NULL", b"global", b"127.0.0.1", (), b"0200", b"OK"), None, None, None, None]
     refused = [(b"NULL", b"global", b"192.0.2.1", (), b"400", b"address is in the deny list")]
-    refused += [None, None, None]
+    refused += [None, None, None, None]
     malformed = (b"500", b"internal error", [b"id", b"", b"1.0", b"1", b"global"])
     anchor = _Anchor()
     published_allowed = build_decision((100.0, 100.1, kept, old), anchor)

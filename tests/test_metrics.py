@@ -208,3 +208,44 @@ def test_counting_a_batch_of_distinct_garbage_mechanisms_is_one_pass_not_one_per
     assert metrics._latency["other"][1][0] == pytest.approx(0.001 * n)
     assert sum(metrics._latency["NULL"][0]) == 1
     assert metrics.decisions["other", "global", "refused", "malformed"] == n
+
+
+def test_labels_made_with_a_batch_count_the_same_as_labels_read_from_its_events(
+    auth: zsec.Auth,
+) -> None:
+    # The builder hands the metrics each decision's labels, shared per slot;
+    # one label out of step with its decision would count it under another's.
+    from zsec._events import Metrics, _Anchor, build_decision, build_decisions
+
+    key = zsec.Cert().public_key
+    old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
+    new.set_meta("name", "renamed")
+    kept = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None, None]
+    other = [(b"NULL", b"other", b"127.0.0.1", (), b"200", b"OK"), None, None, None, None]
+    refused = [(b"NULL", b"global", b"192.0.2.1", (), b"400", b"address is in the deny list")]
+    refused += [None, None, None, None]
+    malformed = (b"400", b"unsupported mechanism BOGUS", [b"id", b"", b"1.0", b"1", b"global"])
+    anchor = _Anchor()
+    batch = [
+        (100.0, 100.1, kept, old),
+        zsec.TrustChange(1.0, "key-added"),
+        (100.2, 100.3, other, None),
+        (100.4, 100.5, refused, None),
+        (100.6, 100.7, kept, new),  # the certificate changed: the slot is filled again
+        (100.8, 100.9, None, malformed),
+        build_decision((101.0, 101.1, refused, None), anchor),  # published ready-made
+        (101.2, 101.3, kept, new),
+        (101.4, 101.5, other, None),
+    ]
+    labels: list[Any] = []
+    events = build_decisions(batch, anchor, [], None, None, labels)
+    decisions = [e for e in events if type(e) is zsec.Decision]
+    assert labels == [(d.mechanism, d.domain, d.verdict, d.reason_code) for d in decisions]
+    # One object per set, even across slots and refills: counted by identity.
+    assert labels[0] is labels[3] is labels[6] and labels[1] is labels[7]
+    given, read = Metrics(auth._events), Metrics(auth._events)
+    given.count(events, frozenset({"global"}), labels)
+    read.count(events, frozenset({"global"}))
+    assert given.decisions == read.decisions and sum(given.decisions.values()) == len(decisions)
+    assert given.trust == read.trust == {"key-added": 1}
+    assert given._latency == read._latency

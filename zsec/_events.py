@@ -212,10 +212,11 @@ Event = Decision | TrustChange
 
 # What the ZAP thread posts: (t0, t1, slot, cert or None), perf_counter
 # times (the wall clock is derived later). A slot is a list for one shape,
-# [shape, cert, fields, audit JSON]: the shape is what the event's other
-# fields are made of, (mechanism, domain, address, the first credential in a
-# tuple (username or CURVE key; never the PLAIN password), status code,
-# status text); the events thread fills in the rest, made with that cert.
+# [shape, cert, fields, audit JSON, metric labels]: the shape is what the
+# event's other fields are made of, (mechanism, domain, address, the first
+# credential in a tuple (username or CURVE key; never the PLAIN password),
+# status code, status text); the builder fills in the rest, made with that
+# cert.
 # The hub keeps the slots of allowed decisions; a refusal's is used once.
 # For a malformed request: (t0, t1, None, (status code, status text, frames)).
 _Raw = tuple[float, float, "list[Any] | None", Any]
@@ -339,6 +340,7 @@ def build_decisions(
     markers: list[Any],
     lines: list[bytes] | None = None,
     notable: list[Event] | None = None,
+    labels: list[tuple[str, str, str, str]] | None = None,
 ) -> list[Event]:
     """The events of a dispatcher batch, in order: raw decisions built, ready events as they are.
 
@@ -350,7 +352,8 @@ def build_decisions(
     not vary per request, and their JSON, are made once per slot (see
     ``_Raw``), so only the time and the latency are new. A certificate whose
     metadata changed is a new object, so fields made with another one are
-    made again.
+    made again. With ``labels``, each decision's metric labels (see
+    ``_labels``) are appended to it, one per decision in order.
     """
     offset = anchor.wall - anchor.perf
     out: list[Event] = []
@@ -366,13 +369,20 @@ def build_decisions(
             append(raw)
             if lines is not None:
                 lines.append(audit_line(raw))
-            if notable is not None and (type(raw) is not Decision or raw.status != 200):
+            if type(raw) is Decision:
+                if labels is not None:
+                    labels.append(_labels(raw[1:11]))
+                if notable is not None and raw.status != 200:
+                    notable.append(raw)
+            elif notable is not None:
                 notable.append(raw)
             continue
         t0, t1, slot, cert = raw
         if slot is None:
             event = build_decision(raw, anchor)
             append(event)
+            if labels is not None:
+                labels.append(_labels(event[1:11]))
             if lines is not None:
                 lines.append(audit_line(event))
             if notable is not None and event.status != 200:
@@ -381,7 +391,7 @@ def build_decisions(
         fields = slot[2]
         if fields is None or slot[1] is not cert:
             fields = build_decision(raw, anchor)[1:11]
-            slot[1:] = cert, fields, None
+            slot[1:] = cert, fields, None, _labels(fields)
         when = offset + t0
         latency = t1 - t0
         # Unpacked into one tuple display: a starred one builds a list first.
@@ -404,6 +414,8 @@ def build_decisions(
             ),
         )
         append(event)
+        if labels is not None:
+            labels.append(slot[4])
         # From the event itself, not from whether its slot was filled just
         # now: that a refusal's slot is used once is post()'s habit, not a
         # rule of this function.
@@ -856,17 +868,29 @@ class Metrics:
         self.trust: collections.Counter[str] = collections.Counter()
         self.registries: list[Any] = []
 
-    def count(self, events: list[Event], domains: frozenset[str]) -> None:
-        # Counted with C-level iteration (Counter over itemgetter maps, sorted
-        # latencies bisected once per bucket bound): this runs for every
-        # decision, in the thread that competes with ZAP's for the GIL.
+    def count(
+        self,
+        events: list[Event],
+        domains: frozenset[str],
+        labels: list[tuple[str, str, str, str]] | None = None,
+    ) -> None:
+        """Count a batch; ``labels``, if given, are its decisions' ``_labels``, in order.
+
+        Counted with C-level iteration (Counters, sorted latencies bisected
+        once per bucket bound): this runs for every decision, under the GIL
+        that the ZAP thread needs. The labels ``build_decisions`` gives are
+        shared objects (one per distinct set): a hash and an identity check
+        per decision.
+        """
         if set(map(type, events)) == {Decision}:
             decisions: list[Any] = events
             trust: collections.Counter[str] = collections.Counter()
         else:
             decisions = [e for e in events if type(e) is Decision]
             trust = collections.Counter(e.action for e in events if type(e) is TrustChange)
-        raw = collections.Counter(map(_DECISION_LABELS, decisions))
+        if labels is None:
+            labels = list(map(_DECISION_LABELS, decisions))
+        raw = collections.Counter(labels)
         mechanisms = set(map(_MECHANISM, decisions))
         latencies: dict[str, list[float]] = {}
         if len(mechanisms) == 1:
@@ -1000,6 +1024,24 @@ class Metrics:
 
 _MECHANISMS = frozenset({"NULL", "PLAIN", "CURVE"})
 _DECISION_LABELS = operator.itemgetter(1, 2, 7, 10)  # mechanism, domain, verdict, reason code
+_METRIC_LABELS: dict[tuple[str, str, str, str], tuple[str, str, str, str]] = {}
+
+
+def _labels(fields: tuple[Any, ...]) -> tuple[str, str, str, str]:
+    """A decision's unbounded metric labels from its ``event[1:11]``, one shared object per set.
+
+    Shared, so that counting them (a dict per batch) finds each by
+    identity, without comparing its items.
+    """
+    key = (fields[0], fields[1], fields[6], fields[9])
+    found = _METRIC_LABELS.get(key)
+    if found is None:
+        if len(_METRIC_LABELS) >= _CACHE_LIMIT:
+            _METRIC_LABELS.clear()
+        found = _METRIC_LABELS[key] = key
+    return found
+
+
 _MECHANISM = operator.itemgetter(1)
 _LATENCY = operator.itemgetter(11)
 
@@ -1169,7 +1211,7 @@ class EventHub:
             if allowed:
                 slot = self._slots.get(shape)
             if slot is None:
-                slot = [shape, None, None, None]
+                slot = [shape, None, None, None, None]
                 if allowed:
                     self._keep(shape, slot)
             queue.append((t0, time.perf_counter(), slot, cert))
@@ -1403,8 +1445,10 @@ class EventHub:
         markers: list[threading.Event] = []
         lines: list[bytes] | None = None if self._audit is None else []
         notable: list[Event] = []
+        metrics = self.metrics
+        labels: list[tuple[str, str, str, str]] | None = None if metrics is None else []
         try:
-            events = build_decisions(batch, _Anchor(), markers, lines, notable)
+            events = build_decisions(batch, _Anchor(), markers, lines, notable, labels)
         except BaseException:  # noqa: BLE001 - reported by the dispatcher
             self._build_failures += 1
             markers = [item for item in batch if isinstance(item, threading.Event)]
@@ -1413,10 +1457,10 @@ class EventHub:
         if events:
             # Apart: a failure to count must not cost the subscribers their events.
             try:
-                metrics = self.metrics
                 if metrics is not None:
                     policy = self.policy()
-                    metrics.count(events, frozenset(policy.plain) | frozenset(policy.curve))
+                    domains = frozenset(policy.plain) | frozenset(policy.curve)
+                    metrics.count(events, domains, labels)
             except BaseException:  # noqa: BLE001 - reported by the dispatcher
                 self._build_failures += 1
             try:
