@@ -211,11 +211,16 @@ def test_counting_a_batch_of_distinct_garbage_mechanisms_is_one_pass_not_one_per
 
 
 def test_labels_made_with_a_batch_count_the_same_as_labels_read_from_its_events(
-    auth: zsec.Auth,
+    auth: zsec.Auth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The builder hands the metrics each decision's labels, shared per slot;
     # one label out of step with its decision would count it under another's.
+    from zsec import _events
     from zsec._events import Metrics, _Anchor, build_decision, build_decisions
+
+    # Shared through a bounded dict that other tests fill: start it empty,
+    # or a clear partway through this batch would unshare two of them.
+    monkeypatch.setattr(_events, "_METRIC_LABELS", {})
 
     key = zsec.Cert().public_key
     old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
@@ -249,3 +254,23 @@ def test_labels_made_with_a_batch_count_the_same_as_labels_read_from_its_events(
     assert given.decisions == read.decisions and sum(given.decisions.values()) == len(decisions)
     assert given.trust == read.trust == {"key-added": 1}
     assert given._latency == read._latency
+
+
+def test_a_published_decision_whose_labels_cannot_be_counted_costs_only_the_metrics(
+    auth: zsec.Auth,
+) -> None:
+    # The hub's publish() takes any event; one that metrics cannot count
+    # (its domain is not even hashable) must not cost the subscribers its
+    # batch: counting is kept apart from building.
+    seen: list[Any] = []
+    auth.subscribe(seen.append)
+    auth.enable_metrics()
+    odd = zsec.Decision(
+        0.0, "NULL", ["unhashable"], "192.0.2.1", None, None, None,  # type: ignore[arg-type]
+        "allowed", 200, "OK", "ok", 0.001,
+    )  # fmt: skip
+    auth._events.publish(odd)
+    auth._events.publish(zsec.TrustChange(1.0, "key-added"))
+    assert auth.flush_events()
+    wait_for(lambda: len(seen) == 2, timeout=5, what="both events delivered")
+    assert seen[0] is odd and auth.dropped_events == 0

@@ -371,7 +371,10 @@ def build_decisions(
                 lines.append(audit_line(raw))
             if type(raw) is Decision:
                 if labels is not None:
-                    labels.append(_labels(raw[1:11]))
+                    # Not shared: whatever a publisher put in it, making these
+                    # cannot fail, only counting them can (that costs only
+                    # the metrics).
+                    labels.append(_DECISION_LABELS(raw))
                 if notable is not None and raw.status != 200:
                     notable.append(raw)
             elif notable is not None:
@@ -381,8 +384,8 @@ def build_decisions(
         if slot is None:
             event = build_decision(raw, anchor)
             append(event)
-            if labels is not None:
-                labels.append(_labels(event[1:11]))
+            if labels is not None:  # a peer's garbage: not worth sharing
+                labels.append(_DECISION_LABELS(event))
             if lines is not None:
                 lines.append(audit_line(event))
             if notable is not None and event.status != 200:
@@ -391,7 +394,7 @@ def build_decisions(
         fields = slot[2]
         if fields is None or slot[1] is not cert:
             fields = build_decision(raw, anchor)[1:11]
-            slot[1:] = cert, fields, None, _labels(fields)
+            slot[1:] = cert, fields, None, None
         when = offset + t0
         latency = t1 - t0
         # Unpacked into one tuple display: a starred one builds a list first.
@@ -415,7 +418,10 @@ def build_decisions(
         )
         append(event)
         if labels is not None:
-            labels.append(slot[4])
+            label = slot[4]
+            if label is None:  # made when first needed, as the audit JSON is
+                label = slot[4] = _labels(fields)
+            labels.append(label)
         # From the event itself, not from whether its slot was filled just
         # now: that a refusal's slot is used once is post()'s habit, not a
         # rule of this function.
