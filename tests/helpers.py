@@ -258,3 +258,13 @@ def watch_opens(path: Path) -> Iterator[Callable[[], int]]:
         yield count
     finally:
         os.close(fd)
+
+
+def slot(*shape: Any) -> list[Any]:
+    """An event hub slot as ``post()`` makes it: the decision's shape, then room for the rest.
+
+    ``shape`` is (mechanism, domain, address, (first credential,) or (),
+    status code, status text); the builder fills in certificate, fields,
+    audit JSON and metric labels (see ``zsec._events._Raw``).
+    """
+    return [tuple(shape), None, None, None, None]

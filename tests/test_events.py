@@ -19,6 +19,7 @@ from .helpers import (
     CLIENT_PUBLIC,
     bind_loopback,
     req,
+    slot,
     socket,
     wait_for,
     zap_ask,
@@ -330,14 +331,14 @@ def test_decisions_built_in_a_batch_follow_certificate_changes_and_the_clock() -
 
     key = zsec.Cert().public_key
     # What post() sends: the slot of one shape, filled in by the events thread.
-    slot = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None, None]
+    kept = slot(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK")
     old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
     old.set_meta("name", "old name")
     new.set_meta("name", "new name")  # the same key, its metadata changed
     anchor = _Anchor()
     # Just before a second boundary, then across it, within one batch.
     anchor.wall, anchor.perf = float(int(time.time())) + 0.9999, 100.0
-    raws = [(100.0 + i * 0.00005, 100.0 + i * 0.00005 + 1e-5, slot, cert)
+    raws = [(100.0 + i * 0.00005, 100.0 + i * 0.00005 + 1e-5, kept, cert)
             for i, cert in enumerate([old, old, new, new, old])]  # fmt: skip
     markers: list[Any] = []
     lines: list[bytes] = []
@@ -396,11 +397,11 @@ def test_a_batch_reads_the_shared_second_stamp_once(monkeypatch: pytest.MonkeyPa
 
     real = _events._second_bytes(now)
     monkeypatch.setattr(_events, "_SECOND_BYTES", Shared(real))
-    slot = [(b"NULL", b"global", b"127.0.0.1", (), b"200", b"OK"), None, None, None, None]
+    kept = slot(b"NULL", b"global", b"127.0.0.1", (), b"200", b"OK")
     anchor = _Anchor()
     anchor.wall, anchor.perf = now + 0.5, 100.0
     lines: list[bytes] = []
-    (event,) = build_decisions([(100.0, 100.00001, slot, None)], anchor, [], lines)
+    (event,) = build_decisions([(100.0, 100.00001, kept, None)], anchor, [], lines)
     assert lines == [audit_line(event)]
 
 
@@ -630,12 +631,11 @@ def test_a_batch_names_as_notable_exactly_the_events_that_are_not_allowed_decisi
     key = zsec.Cert().public_key
     old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
     new.set_meta("name", "renamed")
-    kept = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None, None]
+    kept = slot(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK")
     # A slot whose status code is not the bytes b"200" is never kept by post(),
     # but one that reads as 200 is an allowed decision all the same.
-    odd = [(b"NULL", b"global", b"127.0.0.1", (), b"0200", b"OK"), None, None, None, None]
-    refused = [(b"NULL", b"global", b"192.0.2.1", (), b"400", b"address is in the deny list")]
-    refused += [None, None, None, None]
+    odd = slot(b"NULL", b"global", b"127.0.0.1", (), b"0200", b"OK")
+    refused = slot(b"NULL", b"global", b"192.0.2.1", (), b"400", b"address is in the deny list")
     malformed = (b"500", b"internal error", [b"id", b"", b"1.0", b"1", b"global"])
     anchor = _Anchor()
     published_allowed = build_decision((100.0, 100.1, kept, old), anchor)

@@ -12,7 +12,7 @@ from prometheus_client import parser
 
 import zsec
 
-from .helpers import req, wait_for, zap_ask
+from .helpers import req, slot, wait_for, zap_ask
 
 
 def _scrape(port: int) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
@@ -225,10 +225,9 @@ def test_labels_made_with_a_batch_count_the_same_as_labels_read_from_its_events(
     key = zsec.Cert().public_key
     old, new = zsec.Cert.from_keys(key), zsec.Cert.from_keys(key)
     new.set_meta("name", "renamed")
-    kept = [(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK"), None, None, None, None]
-    other = [(b"NULL", b"other", b"127.0.0.1", (), b"200", b"OK"), None, None, None, None]
-    refused = [(b"NULL", b"global", b"192.0.2.1", (), b"400", b"address is in the deny list")]
-    refused += [None, None, None, None]
+    kept = slot(b"CURVE", b"global", b"127.0.0.1", (key,), b"200", b"OK")
+    other = slot(b"NULL", b"other", b"127.0.0.1", (), b"200", b"OK")
+    refused = slot(b"NULL", b"global", b"192.0.2.1", (), b"400", b"address is in the deny list")
     malformed = (b"400", b"unsupported mechanism BOGUS", [b"id", b"", b"1.0", b"1", b"global"])
     anchor = _Anchor()
     batch = [
