@@ -894,9 +894,9 @@ class Metrics:
         else:
             decisions = [e for e in events if type(e) is Decision]
             trust = collections.Counter(e.action for e in events if type(e) is TrustChange)
-        if labels is None:
-            labels = list(map(_DECISION_LABELS, decisions))
-        raw = collections.Counter(labels)
+        raw = collections.Counter(
+            labels if labels is not None else map(_DECISION_LABELS, decisions)
+        )
         mechanisms = set(map(_MECHANISM, decisions))
         latencies: dict[str, list[float]] = {}
         if len(mechanisms) == 1:
